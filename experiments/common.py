@@ -1,0 +1,88 @@
+"""Shared entry-point plumbing for experiment scripts.
+
+Each experiment declares a frozen dataclass config with defaults (the full run) and a
+`smoke()` variant. `parse(Config, argv)` turns the command line into a typed config:
+`--smoke`, `--workdir DIR`, `--seed N` and `--set field=value` overrides (values parsed as
+JSON, falling back to strings), so `python experiments/glm_toy.py --set iterations=200`
+works for every field without per-script argparse code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import pathlib
+import time
+from typing import Any, Sequence, TypeVar
+
+from structsel.runs import Run
+
+C = TypeVar("C")
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+FIGURES = REPO / "docs" / "figures"
+
+
+def _coerce(field: dataclasses.Field, text: str) -> Any:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        value = text
+    if isinstance(value, list):
+        value = tuple(tuple(v) if isinstance(v, list) else v for v in value)
+    if field.type in ("float", float) and isinstance(value, int):
+        value = float(value)
+    return value
+
+
+def parse(config_cls: type[C], argv: Sequence[str] | None = None, *, name: str,
+          description: str = "") -> tuple[C, Run, argparse.Namespace]:
+    """Builds the config from defaults, `--smoke` and `--set k=v`; creates the workdir Run."""
+    p = argparse.ArgumentParser(description=description or config_cls.__doc__)
+    p.add_argument("--smoke", action="store_true", help="shrink everything to seconds (tests)")
+    p.add_argument("--workdir", default=f"results/{name}", help="where results are written")
+    p.add_argument("--seed", type=int, default=None, help="override the config's seed")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override a config field (JSON value); repeatable")
+    p.add_argument("--figures", default=None,
+                   help="also copy the PNG figures to this folder (e.g. docs/figures)")
+    args = p.parse_args(argv)
+    config = config_cls.smoke() if args.smoke else config_cls()
+    fields = {f.name: f for f in dataclasses.fields(config_cls)}
+    updates = {}
+    for item in args.overrides:
+        key, sep, text = item.partition("=")
+        if not sep or key not in fields:
+            p.error(f"--set expects FIELD=VALUE with FIELD one of {sorted(fields)}, got {item!r}")
+        updates[key] = _coerce(fields[key], text)
+    if args.seed is not None:
+        if "seed" not in fields:
+            p.error("this experiment has no seed field")
+        updates["seed"] = args.seed
+    config = dataclasses.replace(config, **updates)
+    run = Run.create(args.workdir, config=config, seed=getattr(config, "seed", 0))
+    return config, run, args
+
+
+def save_figure(fig, run: Run, filename: str, args: argparse.Namespace) -> pathlib.Path:
+    """Saves a matplotlib figure into the workdir (and into --figures if given)."""
+    out = run.path(filename)
+    fig.savefig(out, dpi=150, bbox_inches="tight")
+    if args.figures:
+        os.makedirs(args.figures, exist_ok=True)
+        fig.savefig(pathlib.Path(args.figures) / filename, dpi=150, bbox_inches="tight")
+    return out
+
+
+class Timer:
+    """Wall-clock timer for summary.json: `with Timer() as t: ...; t.seconds`."""
+
+    def __enter__(self) -> "Timer":
+        self.start = time.perf_counter()
+        self.seconds = 0.0
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.seconds = time.perf_counter() - self.start
