@@ -1,0 +1,1 @@
+"""Discrete structure search (method.md section 8): spaces, random search, REINFORCE, AdaNet."""
