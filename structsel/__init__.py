@@ -9,6 +9,14 @@ DARTS-style supernets (`family`, `basis`), distributions and relaxations over st
 from structsel import basis as basis
 from structsel import data as data
 from structsel import family as family
+from structsel import pruning as pruning
+from structsel import variational as variational
+from structsel.bilevel import (
+    BilevelState as BilevelState,
+    BilevelTrainer as BilevelTrainer,
+    DivergenceError as DivergenceError,
+    check_divergence as check_divergence,
+)
 from structsel.distributions import (
     dirichlet as dirichlet,
     gumbel_softmax as gumbel_softmax,
@@ -35,6 +43,20 @@ from structsel.hypergradient import (
     hvp as hvp,
     hypergradient as hypergradient,
 )
+from structsel.objective import (
+    Coefficients as Coefficients,
+    Context as Context,
+    Objective as Objective,
+    darts as darts,
+    elbo as elbo,
+    max_likelihood as max_likelihood,
+    single_level as single_level,
+)
+from structsel.pruning import (
+    parametric_complexity as parametric_complexity,
+    prune as prune,
+    relative_density as relative_density,
+)
 from structsel.structure import (
     Dirichlet as Dirichlet,
     GumbelSoftmax as GumbelSoftmax,
@@ -51,7 +73,10 @@ from structsel.structure import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "basis", "data", "family",
+    "basis", "data", "family", "pruning", "variational",
+    "BilevelState", "BilevelTrainer", "DivergenceError", "check_divergence",
+    "Coefficients", "Context", "Objective", "darts", "elbo", "max_likelihood", "single_level",
+    "parametric_complexity", "prune", "relative_density",
     "dirichlet", "gumbel_softmax", "kl_divergence", "logit_normal",
     "Edge", "Family", "darts_cell", "discrete_model", "export_structure", "glm_family",
     "two_layer_net",
