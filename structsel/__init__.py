@@ -4,6 +4,10 @@ DARTS-style supernets (`family`, `basis`), distributions and relaxations over st
 (`distributions`, `structure`), variational inference with ARD priors (`variational`,
 `pruning`), the generalised bilevel objective (`objective`), hypergradients
 (`hypergradient`) and the bilevel trainer (`bilevel`). See docs/method.md for the maths.
+
+Note: `structsel.hypergradient` is the function; its module is reached with
+`from structsel.hypergradient import Implicit, get_method, ...` (the strategies are also
+re-exported here).
 """
 
 from structsel import basis as basis

@@ -1,4 +1,5 @@
 """Tests for structsel.hypergradient against closed forms, dense solves and finite differences."""
+import importlib
 from typing import NamedTuple
 
 import jax
@@ -6,7 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from structsel import hypergradient as hg
+# The package re-exports the function `hypergradient` under the module's name, so the
+# module itself is reached through importlib (or `from structsel.hypergradient import ...`).
+hg = importlib.import_module("structsel.hypergradient")
 from structsel.hypergradient import hypergradient
 
 RHO = 0.1  # weight of the explicit 0.5 * RHO * ||h||^2 term of the outer losses
