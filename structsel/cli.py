@@ -1,0 +1,164 @@
+"""The `structsel` command line: `search`, `enumerate` and `retrain`.
+
+    structsel search [--data FILE] [--target COLUMN] [--task classification|regression]
+                     [--dataset NAME] [--space NAME] [--method NAME] [--relaxation NAME]
+                     [--seed N] [--seeds N] [--budget PRESET[,key=value...]] [--workdir DIR]
+    structsel enumerate --space mlp3 --dataset digits --seeds 3 [--budget ...] [--out FILE]
+    structsel retrain --structure FILE [--data FILE ...] [--seed N] [--workdir DIR]
+
+Bad data or arguments print one line `structsel: error: ...` on stderr and exit with 2
+(no traceback). Everything else lives in `structsel.search.runner`.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from structsel.data import TASKS, DataError
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
+def _nonnegative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", metavar="FILE",
+                   help="CSV (header row) or .npz (arrays x, y); default: --dataset")
+    p.add_argument("--target", metavar="COLUMN", help="label column of the CSV (default: last)")
+    p.add_argument("--task", choices=TASKS, help="force the task (default: from the target)")
+    p.add_argument("--dataset", metavar="NAME",
+                   help="embedded dataset when --data is not given: digits (default), "
+                        "breast_cancer, wine, diabetes, mnist1d")
+    p.add_argument("--seed", type=_nonnegative_int, default=0,
+                   help="seed of the split, initialisation and search (default 0)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the three subcommands."""
+    from structsel.search import runner
+
+    parser = argparse.ArgumentParser(prog="structsel", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("search", help="select a structure and retrain it from scratch")
+    _add_data_args(s)
+    s.add_argument("--space", help=f"search space: {', '.join(runner.space_names())} "
+                                   "(default: conv1d3 for mnist1d, mlp3 otherwise)")
+    s.add_argument("--method", default="bayes",
+                   help=f"search method: {', '.join(runner.method_names())} (default bayes)")
+    s.add_argument("--relaxation", help="structure relaxation of the gradient methods "
+                   f"({', '.join(runner.relaxation_names())}); default: the method's own")
+    s.add_argument("--seeds", type=_positive_int, default=1,
+                   help="independent restarts of the search, run together; the one with "
+                        "the best validation metric is selected (default 1)")
+    s.add_argument("--budget",
+                   help=f"preset ({', '.join(runner.budget_names())}) optionally followed "
+                        "by overrides, e.g. 'small,search_steps=100,train_steps=200' "
+                        "(default: 'mnist1d' for mnist1d, else 'default')")
+    s.add_argument("--workdir", help="output directory (default "
+                                     "results/search/<dataset>_<method>_<seed>)")
+    s.set_defaults(func=_search)
+
+    e = sub.add_parser("enumerate", help="train every structure of a space (ground truth)")
+    e.add_argument("--space", required=True, help=", ".join(runner.space_names()))
+    e.add_argument("--dataset", required=True, help="embedded dataset name")
+    e.add_argument("--seeds", type=_positive_int, default=3, help="seeds per structure")
+    e.add_argument("--seed", type=_nonnegative_int, default=0, help="seed of the split")
+    e.add_argument("--budget", help="budget preset and overrides (default as for search)")
+    e.add_argument("--out", help="table path (default structsel/data/"
+                                 "enumeration_<space>_<dataset>.json)")
+    e.add_argument("--no-progress", action="store_true", help="no progress bars")
+    e.set_defaults(func=_enumerate)
+
+    r = sub.add_parser("retrain", help="rebuild a structure.json and train it from scratch")
+    r.add_argument("--structure", required=True, metavar="FILE", help="structure.json")
+    _add_data_args(r)
+    r.add_argument("--seeds", type=_positive_int, default=3, help="training seeds")
+    r.add_argument("--budget", default="default", help="budget preset and overrides")
+    r.add_argument("--workdir", help="output directory (default: next to the structure)")
+    r.set_defaults(func=_retrain)
+    return parser
+
+
+def _search(args) -> int:
+    from structsel.search import runner
+
+    config = runner.search_config(
+        data=args.data, target=args.target, task=args.task, dataset=args.dataset,
+        space=args.space, method=args.method, relaxation=args.relaxation, seed=args.seed,
+        seeds=args.seeds, budget=args.budget, workdir=args.workdir)
+    summary = runner.run_search(config, progress=not args.no_progress)
+    print(runner.format_summary(summary))
+    return 0
+
+
+def _enumerate(args) -> int:
+    from structsel.search import runner
+
+    table, path = runner.run_enumeration(
+        space=args.space, dataset=args.dataset, seeds=args.seeds, seed=args.seed,
+        budget=args.budget, out=args.out, progress=not args.no_progress)
+    print(runner.format_table(table))
+    print(f"wrote {path}")
+    return 0
+
+
+def _retrain(args) -> int:
+    from structsel.search import retrain
+
+    summary = retrain.run_retrain(
+        structure=args.structure, data=args.data, target=args.target, task=args.task,
+        dataset=args.dataset, seed=args.seed, seeds=args.seeds, budget=args.budget,
+        workdir=args.workdir, progress=not args.no_progress)
+    print(retrain.format_retrain(summary))
+    return 0
+
+
+def _compilation_cache() -> None:
+    """Persistent XLA cache for the CLI (STRUCTSEL_JAX_CACHE, default ~/.cache/structsel/jax),
+    unless the caller (e.g. the test suite) configured one already."""
+    import jax
+
+    if jax.config.jax_compilation_cache_dir:
+        return
+    path = os.environ.get("STRUCTSEL_JAX_CACHE",
+                          os.path.join(os.path.expanduser("~"), ".cache", "structsel", "jax"))
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `structsel` console script; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    _compilation_cache()
+    try:
+        return args.func(args)
+    except (DataError, ValueError, FileNotFoundError) as err:
+        # Bad data and bad arguments are validated before anything is traced; report them
+        # as one line. Errors from inside a computation are not ValueErrors of ours, but a
+        # ValueError is what the library raises for a bad argument, so it is a user error.
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"structsel: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

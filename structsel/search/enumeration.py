@@ -1,0 +1,234 @@
+"""Ground truth for structure search: train discrete structures from scratch (method.md M2).
+
+A discrete structure is a simplex vertex Gamma = {gamma^{j,k}} of the supernet: exactly one
+basis function per edge. Training the supernet with Gamma fixed at a vertex trains exactly
+the stand-alone discrete model (an op with gamma_l = 0 adds nothing to f and gets a zero
+gradient), so a batch of structures is trained by one program, `jax.vmap` over vertices
+and over seeds. `train_structures` is that program (pure; the caller jits). The task
+strategy (`Classification` / `Regression`) supplies the training loss and the reported
+metric: validation / test accuracy, or RMSE in the target's original units.
+
+An enumeration *table* (JSON, `structsel/data/enumeration_<space>_<dataset>.json`) lists
+every structure of a space with its parameter count and the mean / std over seeds of the
+validation and test metric; `regret_and_rank` scores a selected structure against it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+from typing import Any, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+DATA_DIR = pathlib.Path(__file__).resolve().parent.parent / "data"
+
+
+@dataclasses.dataclass(frozen=True)
+class Classification:
+    """Softmax cross-entropy training; metric = accuracy (higher is better)."""
+
+    num_classes: int
+    name: str = "classification"
+    metric_name: str = "accuracy"
+    higher_is_better: bool = True
+
+    @property
+    def num_outputs(self) -> int:
+        return self.num_classes
+
+    def loss(self, out, y):
+        """-1/n sum_i log softmax(f(x_i))_{y_i}."""
+        return optax.softmax_cross_entropy_with_integer_labels(out, y).mean()
+
+    def metric(self, out, y):
+        """Accuracy 1/n sum_i [argmax f(x_i) = y_i]."""
+        return jnp.mean(jnp.argmax(out, -1) == y)
+
+
+@dataclasses.dataclass(frozen=True)
+class Regression:
+    """Squared-error training on the standardised target; metric = RMSE in original units."""
+
+    target_std: float = 1.0
+    name: str = "regression"
+    metric_name: str = "rmse"
+    higher_is_better: bool = False
+
+    @property
+    def num_outputs(self) -> int:
+        return 1
+
+    def loss(self, out, y):
+        """1/n sum_i (f(x_i) - y_i)^2 (standardised units)."""
+        return jnp.mean((out[..., 0] - y) ** 2)
+
+    def metric(self, out, y):
+        """RMSE = target_std * sqrt(1/n sum_i (f(x_i) - y_i)^2)."""
+        return self.target_std * jnp.sqrt(jnp.mean((out[..., 0] - y) ** 2))
+
+
+def task_of(dataset) -> Classification | Regression:
+    """The task strategy of a `structsel.data.Dataset`."""
+    if dataset.task == "classification":
+        return Classification(int(dataset.num_classes))
+    return Regression(float(dataset.target_scale[1]))
+
+
+class Splits(NamedTuple):
+    """Train / validation / test arrays (a pytree, so it can be passed through jit)."""
+
+    x_train: Any
+    y_train: Any
+    x_val: Any
+    y_val: Any
+    x_test: Any
+    y_test: Any
+
+
+def splits_of(dataset, reshape=None) -> Splits:
+    """The arrays of a `Dataset` as jnp arrays; `reshape(x)` adapts features (e.g. to sequences)."""
+    reshape = reshape or (lambda x: x)
+    return Splits(*(jnp.asarray(reshape(a)) if i % 2 == 0 else jnp.asarray(a)
+                    for i, a in enumerate(dataset[:6])))
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Adam(W) from scratch: `steps` steps of size `learning_rate` on minibatches of `batch_size`
+    rows (None: full batch)."""
+
+    steps: int = 300
+    learning_rate: float = 1e-2
+    batch_size: int | None = None
+    weight_decay: float = 1e-4
+
+    def __post_init__(self):
+        if not isinstance(self.steps, int) or self.steps < 1:
+            raise ValueError(f"steps must be an int >= 1, got {self.steps!r}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate!r}")
+        if self.batch_size is not None and (not isinstance(self.batch_size, int)
+                                            or self.batch_size < 1):
+            raise ValueError(f"batch_size must be None or an int >= 1, got {self.batch_size!r}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+
+
+def fit(family, task, config: TrainConfig, gamma, weights, data: Splits, *, key):
+    """AdamW on the training loss at a fixed structure Gamma, from `weights`.
+
+    w_{t+1} = AdamW(w_t, grad_w loss(f(w_t, Gamma, x_B), y_B)), minibatches B_t drawn with
+    fold_in(key, t) (full batch if config.batch_size is None). Returns (weights, losses).
+    """
+    opt = optax.adamw(config.learning_rate, weight_decay=config.weight_decay)
+    n = data.x_train.shape[0]
+    batch = config.batch_size if config.batch_size is not None and config.batch_size < n else None
+
+    def loss_fn(w, x, y):
+        return task.loss(family.apply(w, gamma, x), y)
+
+    def body(carry, step):
+        w, opt_state = carry
+        if batch is None:
+            x, y = data.x_train, data.y_train
+        else:
+            idx = jax.random.randint(jax.random.fold_in(key, step), (batch,), 0, n)
+            x, y = data.x_train[idx], data.y_train[idx]
+        loss, grads = jax.value_and_grad(loss_fn)(w, x, y)
+        updates, opt_state = opt.update(grads, opt_state, w)
+        return (optax.apply_updates(w, updates), opt_state), loss
+
+    (weights, _), losses = jax.lax.scan(body, (weights, opt.init(weights)),
+                                        jnp.arange(config.steps))
+    return weights, losses
+
+
+def train_structure(family, task, config: TrainConfig, gamma, data: Splits, *, key):
+    """Trains the discrete model at vertex `gamma` from scratch (w_0 ~ init(key)); its metrics.
+
+    Returns {"train_loss", "val_metric", "test_metric"} (scalars).
+    """
+    k_init, k_batch = jax.random.split(key)
+    weights = family.init(k_init, data.x_train[:1])
+    weights, losses = fit(family, task, config, gamma, weights, data, key=k_batch)
+    return {"train_loss": losses[-1],
+            "val_metric": task.metric(family.apply(weights, gamma, data.x_val), data.y_val),
+            "test_metric": task.metric(family.apply(weights, gamma, data.x_test), data.y_test)}
+
+
+def train_structures(family, task, config: TrainConfig, gammas, data: Splits, *, keys):
+    """`train_structure` vmapped over vertices (leading axis of every gamma leaf) and `keys`.
+
+    Returns metrics of shape (num_structures, num_seeds).
+    """
+    def per_structure(gamma):
+        return jax.vmap(lambda k: train_structure(family, task, config, gamma, data, key=k))(keys)
+    return jax.vmap(per_structure)(gammas)
+
+
+# --- enumeration tables -------------------------------------------------------------------
+
+def table_path(space: str, dataset: str) -> pathlib.Path:
+    """Where the committed table of `space` x `dataset` lives."""
+    return DATA_DIR / f"enumeration_{space}_{dataset}.json"
+
+
+def make_table(*, space: str, dataset: str, op_names: Sequence[Sequence[str]], choices,
+               params, val, test, higher_is_better: bool, settings: dict,
+               command: str) -> dict:
+    """The table dict: one row per structure with params and mean / std over seeds.
+
+    `val`, `test`: arrays (num_structures, num_seeds); `choices`: (num_structures, num_edges).
+    """
+    choices, val, test = np.asarray(choices), np.asarray(val), np.asarray(test)
+    rows = []
+    for i, choice in enumerate(choices):
+        rows.append({"choice": [int(c) for c in choice],
+                     "ops": [op_names[e][int(c)] for e, c in enumerate(choice)],
+                     "params": int(params[i]),
+                     "val_mean": float(val[i].mean()), "val_std": float(val[i].std()),
+                     "test_mean": float(test[i].mean()), "test_std": float(test[i].std())})
+    return {"space": space, "dataset": dataset, "higher_is_better": bool(higher_is_better),
+            "num_structures": len(rows), "num_seeds": int(val.shape[1]),
+            "settings": settings, "command": command, "rows": rows}
+
+
+def save_table(table: dict, path: str | pathlib.Path) -> pathlib.Path:
+    """Writes a table as JSON."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(table, indent=1) + "\n")
+    return path
+
+
+def load_table(space: str, dataset: str, path: str | pathlib.Path | None = None) -> dict | None:
+    """The committed table of `space` x `dataset` (or the file `path`); None if there is none."""
+    path = pathlib.Path(path) if path is not None else table_path(space, dataset)
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text())
+
+
+def regret_and_rank(table: dict, choice: Sequence[int]) -> dict:
+    """Regret and rank of `choice` by mean test metric in `table`.
+
+    regret = best test metric - selected one (accuracy), or selected - best (RMSE): >= 0;
+    rank = 1 + number of structures strictly better than the selected one (1 = best).
+    """
+    rows = table["rows"]
+    sign = 1.0 if table["higher_is_better"] else -1.0
+    scores = np.array([sign * r["test_mean"] for r in rows])
+    key = [int(c) for c in choice]
+    match = [i for i, r in enumerate(rows) if r["choice"] == key]
+    if not match:
+        raise ValueError(f"choice {key} is not a structure of the table "
+                         f"{table['space']} x {table['dataset']}")
+    s = scores[match[0]]
+    return {"regret": float(scores.max() - s), "rank": int(np.sum(scores > s)) + 1,
+            "table_test_metric": float(rows[match[0]]["test_mean"]),
+            "best_test_metric": float(sign * scores.max()),
+            "num_structures": len(rows)}

@@ -1,0 +1,399 @@
+"""Search methods of `structsel search`: a registry name -> strategy object (method.md M6-M8).
+
+Gradient methods train the supernet of a space with the bilevel trainer
+(`structsel.bilevel.BilevelTrainer`: inner steps in `lax.scan`, restarts vmapped, the
+whole run one compiled program, called in a few segments for the progress bar) on the
+generalised objective (`structsel.objective.Objective`), then discretise by argmax per
+edge of the mean structure gamma:
+
+| name        | weights        | relaxation     | coefficients            | hypergradient        |
+|-------------|----------------|----------------|-------------------------|----------------------|
+| bayes       | q(w) Gaussian  | Gumbel-Softmax | ELBO (1, 1, 1), ARD     | greedy               |
+| darts1      | point          | Softmax        | likelihood only (DARTS) | greedy (1st order)   |
+| darts2      | point          | Softmax        | likelihood only         | darts (2nd order)    |
+| gdas        | point          | Gumbel-Softmax | likelihood only         | greedy, t: 10 -> 0.1 |
+| drnas       | point          | Dirichlet      | likelihood only         | greedy               |
+| logitnormal | point          | logit-normal   | likelihood only         | greedy               |
+
+Black-box methods call the `Evaluator` (structures trained from scratch, vmapped):
+random search and REINFORCE from the baselines, Optuna TPE (optional extra), and AdaNet,
+which grows its own ensemble of MLPs instead of searching the cell (its ensemble is
+reported as the selected structure). `num_evaluations` of a gradient method is its
+compute in from-scratch trainings: T (S + c) / train_steps gradient evaluations, c the
+hypergradient's cost in gradients.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any, Callable, ClassVar, NamedTuple
+
+import distrax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from structsel import bilevel, objective, structure
+from structsel.search.random_search import random_search
+
+
+class Outcome(NamedTuple):
+    """What a method returns to the driver (numpy arrays, one row per restart)."""
+
+    choices: np.ndarray | None        # (R, E) selected structures (None: not a cell search)
+    gamma: np.ndarray | None          # (R, E, K) final relaxed structure of the cell
+    gamma_history: np.ndarray | None  # (R, T, E, K) gamma after every outer step
+    num_evaluations: int              # model evaluations (or equivalent compute)
+    history: list                     # per-step scalars for metrics.jsonl
+    relaxation: str | None
+    extra: dict
+
+
+@dataclasses.dataclass(frozen=True)
+class SingleOpSafe(structure.Relaxation):
+    """`base` on edges with K >= 2 ops; gamma = 1 with no parameters on single-op edges.
+
+    The stem, cell-output and readout edges of a space carry one op; the distributions
+    over the simplex need K >= 2 (the logit-normal has K - 1 free logits).
+    """
+
+    base: structure.Relaxation
+    domain: ClassVar[str] = "simplex"
+
+    @property
+    def stochastic(self) -> bool:
+        return self.base.stochastic
+
+    def num_params(self, k: int) -> int:
+        return 0 if k == 1 else self.base.num_params(k)
+
+    def mean(self, theta, temperature):
+        return jnp.ones((1,), theta.dtype) if theta.shape[-1] == 0 else self.base.mean(
+            theta, temperature)
+
+    def distribution(self, theta, temperature):
+        if theta.shape[-1] == 0:
+            return distrax.Independent(distrax.Deterministic(jnp.ones((1,), theta.dtype)), 1)
+        return self.base.distribution(theta, temperature)
+
+    def sample(self, theta, temperature, *, key):
+        if theta.shape[-1] == 0:
+            return jnp.ones((1,), theta.dtype)
+        return self.base.sample(theta, temperature, key=key)
+
+
+RELAXATIONS = {
+    "softmax": structure.Softmax(),
+    "gumbel_softmax": SingleOpSafe(structure.GumbelSoftmax()),
+    "dirichlet": SingleOpSafe(structure.Dirichlet()),
+    "logitnormal": SingleOpSafe(structure.LogitNormal()),
+}
+
+# Cost of one hypergradient in gradient evaluations (greedy: one outer gradient; darts:
+# the virtual step, the outer gradient at w' and two gradients for the finite difference).
+_HYPERGRADIENT_COST = {"greedy": 1.0, "darts": 4.0}
+
+_SCHEDULES = {"constant": lambda t0, t1, n: bilevel.constant(t0),
+              "exponential": lambda t0, t1, n: bilevel.exponential(t0, t1, n)}
+
+
+def _stack_cell(space, gammas) -> np.ndarray:
+    """Searchable edges of a full Gamma (tuple over edges, leading axes ...) -> (..., E, K)."""
+    return np.stack([np.asarray(g) for g in space.restrict(gammas)], axis=-2)
+
+
+@dataclasses.dataclass(frozen=True)
+class GradientSearch:
+    """A supernet search: objective preset x relaxation x hypergradient x temperature."""
+
+    relaxation: str
+    weights: str = "point"
+    coefficients: Callable[[], objective.Coefficients] = objective.darts
+    hypergradient: str = "greedy"
+    hypergradient_options: tuple = ()
+    schedule: tuple = ("constant", 1.0, 1.0)
+    num_segments: int = 10
+    log_std_floor: float = -4.0      # floor of the prior log std (Bayesian weights only)
+    warmup_fraction: float = 0.0     # outer steps with the gamma-free prior N(0, A^-1)
+    learn_noise: bool = False        # regression: noise std in h (evidence), else 1
+
+    def check(self, *, relaxation: str | None, space: str) -> None:
+        """Validates a --relaxation override (before anything is built)."""
+        if relaxation is not None and relaxation not in RELAXATIONS:
+            raise ValueError(f"relaxation must be one of {list(RELAXATIONS)}, got {relaxation!r}")
+
+    def objective(self, problem, relaxation: str | None = None) -> objective.Objective:
+        """The generalised objective over the space's supernet (M6)."""
+        likelihood = "categorical" if problem.task.name == "classification" else "gaussian"
+        relax = RELAXATIONS[relaxation or self.relaxation]
+        extra = {"log_std_floor": self.log_std_floor} if self.weights == "gaussian" else {}
+        if likelihood == "gaussian" and self.learn_noise:
+            extra["noise_std"] = None
+        return objective.Objective(problem.space.family, likelihood, relax,
+                                   self.coefficients(), weights=self.weights, **extra)
+
+    def trainer(self, problem, obj: objective.Objective) -> bilevel.BilevelTrainer:
+        """Adam on theta and on h; the temperature schedule over the outer steps."""
+        b = problem.budget
+        kind, t0, t1 = self.schedule
+        options = dict(self.hypergradient_options)
+        if self.hypergradient == "darts":
+            options.setdefault("xi", b.learning_rate)
+        return bilevel.BilevelTrainer(
+            obj.inner_loss, obj.outer_loss, optax.adam(b.learning_rate), optax.adam(b.search_lr),
+            inner_steps=b.inner_steps, hypergradient_method=self.hypergradient,
+            hypergradient_options=tuple(sorted(options.items())),
+            temperature=_SCHEDULES[kind](t0, t1, b.search_steps), structure_fn=obj.structure,
+            warmup_steps=int(self.warmup_fraction * b.search_steps))
+
+    def grads_per_step(self, problem) -> float:
+        """Gradient evaluations per outer step: S inner + the hypergradient's cost."""
+        return problem.budget.inner_steps + _HYPERGRADIENT_COST[self.hypergradient]
+
+    def search(self, problem, evaluator, *, key, restarts: int, relaxation: str | None = None,
+               progress: bool = False, jit: Callable = jax.jit) -> Outcome:
+        """Bilevel training of `restarts` supernets (vmapped), argmax per edge."""
+        obj, trainer, compiled = _program(self, problem.space, problem.task, problem.budget,
+                                          relaxation)
+        d, space, b = problem.data, problem.space, problem.budget
+        train, val = (d.x_train, d.y_train), (d.x_val, d.y_val)
+        states = trainer.init_many(lambda k: obj.init(k, d.x_train[:1]),
+                                   jax.random.split(key, restarts))
+        segments = _segments(b.search_steps, self.num_segments)
+        for n in set(segments) - set(compiled):
+            compiled[n] = jit(lambda s, tr, va, n=n: trainer.run_many(s, tr, va, n))
+        it = segments
+        if progress:
+            from tqdm import tqdm
+            it = tqdm(segments, desc=f"search ({space.name})", unit="segment", leave=False)
+        histories = []
+        for n in it:
+            states, hist = compiled[n](states, train, val)
+            histories.append(jax.tree.map(np.asarray, hist))
+        history = {k: np.concatenate([h[k] for h in histories], axis=1)
+                   for k in histories[0] if k != "structure"}
+        gamma_history = _stack_cell(space, tuple(np.concatenate([h["structure"][e] for h in histories],
+                                                                axis=1)
+                                                 for e in range(space.family.num_edges)))
+        ctx = objective.Context.create(jax.random.key(0), trainer.temperature(b.search_steps))
+        final = jax.vmap(lambda s: obj.structure(s.params, s.hparams, ctx))(states)
+        gamma = _stack_cell(space, final)
+        choices = np.argmax(gamma, axis=-1).astype(np.int32)
+        rows = [{"outer_loss": float(np.mean(history["outer_loss"][:, t])),
+                 "inner_loss": float(np.mean(history["inner_loss"][:, t])),
+                 "temperature": float(np.mean(history["temperature"][:, t])),
+                 "hypergradient_norm": float(np.mean(history["hypergradient_norm"][:, t]))}
+                for t in range(history["outer_loss"].shape[1])]
+        diverged = history["diverged"].any(axis=1)
+        equivalent = b.equivalent_evaluations(self.grads_per_step(problem))
+        collapsed = float(np.mean(choices == space.zero_op))
+        return Outcome(choices, gamma, gamma_history, equivalent, rows,
+                       relaxation or self.relaxation,
+                       {"diverged_restarts": int(diverged.sum()),
+                        "zero_fraction": collapsed,
+                        "final_outer_loss": history["outer_loss"][:, -1].tolist()})
+
+
+@functools.lru_cache(maxsize=16)
+def _program(method: "GradientSearch", space, task, budget, relaxation):
+    """(objective, trainer, {num_steps: jit(run_many)}) of a search configuration, cached:
+    repeated searches (benchmarks, tests) reuse the compiled programs. Keyed by the
+    hashable static configuration; the data are arguments of the compiled programs."""
+    problem = _Static(space, task, budget)
+    obj = method.objective(problem, relaxation)
+    return obj, method.trainer(problem, obj), {}
+
+
+class _Static(NamedTuple):
+    space: Any
+    task: Any
+    budget: Any
+
+
+def _segments(total: int, parts: int) -> list[int]:
+    """Split `total` outer steps into at most `parts` equal segments (plus a remainder)."""
+    size = max(1, math.ceil(total / parts))
+    out = [size] * (total // size)
+    return out + ([total % size] if total % size else [])
+
+
+def _blackbox_budget(problem) -> int:
+    """Evaluations of a black-box method: the budget's, else the compute of `bayes`."""
+    b = problem.budget
+    return b.evaluations or b.equivalent_evaluations(b.inner_steps + 1.0)
+
+
+def _one_hot(space, choices) -> np.ndarray:
+    return np.stack([np.eye(k)[np.asarray(choices)[..., e]]
+                     for e, k in enumerate(space.discrete.num_ops)], axis=-2)
+
+
+@dataclasses.dataclass(frozen=True)
+class BlackBoxSearch:
+    """Common checks of the methods that only evaluate discrete structures."""
+
+    def check(self, *, relaxation: str | None, space: str) -> None:
+        if relaxation is not None:
+            raise ValueError(f"--relaxation applies to the gradient methods only "
+                             f"({', '.join(n for n, m in METHODS.items() if isinstance(m, GradientSearch))})")
+
+    @staticmethod
+    def _reward_fn(evaluator, key):
+        calls = [0]
+
+        def evaluate(choices):
+            calls[0] += 1
+            return jnp.asarray(evaluator.reward(choices, key=jax.random.fold_in(key, calls[0])))
+        return evaluate
+
+
+@dataclasses.dataclass(frozen=True)
+class RandomSearch(BlackBoxSearch):
+    """Uniform draws without replacement, evaluated in vmapped batches; keep the best."""
+
+    def search(self, problem, evaluator, *, key, restarts, relaxation=None, progress=False,
+               jit=jax.jit) -> Outcome:
+        n = _blackbox_budget(problem)
+        choices, rows = [], []
+        for r, k in enumerate(jax.random.split(key, restarts)):
+            k_draw, k_eval = jax.random.split(k)
+            res = random_search(self._reward_fn(evaluator, k_eval), problem.space.discrete,
+                                key=k_draw, budget=n, batch_size=problem.budget.chunk)
+            choices.append(np.asarray(res.best_choice))
+            rows = rows or [{"incumbent": float(v)} for v in np.asarray(res.incumbent)]
+        choices = np.stack(choices)
+        return Outcome(choices, _one_hot(problem.space, choices), None,
+                       min(n, problem.space.discrete.size), rows, None, {})
+
+
+@dataclasses.dataclass(frozen=True)
+class Reinforce(BlackBoxSearch):
+    """NAS-RL: an LSTM controller trained by REINFORCE on the validation reward."""
+
+    batch_size: int = 8
+
+    def search(self, problem, evaluator, *, key, restarts, relaxation=None, progress=False,
+               jit=jax.jit) -> Outcome:
+        from structsel.search.reinforce import controller_sample, run_reinforce
+
+        n = _blackbox_budget(problem)
+        batch = min(self.batch_size, n)
+        iterations = max(1, math.ceil(n / batch))
+        choices, gammas, rows = [], [], []
+        for k in jax.random.split(key, restarts):
+            k_run, k_eval, k_marg = jax.random.split(k, 3)
+            res = run_reinforce(self._reward_fn(evaluator, k_eval), problem.space.discrete,
+                                key=k_run, num_iterations=iterations, batch_size=batch)
+            choices.append(np.asarray(res.search.best_choice))
+            sample, _ = controller_sample(res.state.params, 512, key=k_marg)
+            gammas.append(_one_hot(problem.space, np.asarray(sample)).mean(0))
+            rows = rows or [{"incumbent": float(v), "baseline": float(b)} for v, b in
+                            zip(np.asarray(res.search.incumbent)[batch - 1::batch],
+                                np.asarray(res.baselines))]
+        return Outcome(np.stack(choices), np.stack(gammas), None, iterations * batch, rows,
+                       None, {"iterations": iterations, "batch_size": batch})
+
+
+@dataclasses.dataclass(frozen=True)
+class OptunaTPE(BlackBoxSearch):
+    """Optuna's TPE sampler over the categorical choices (optional extra: `pip install optuna`)."""
+
+    batch_size: int = 4
+
+    def check(self, *, relaxation, space) -> None:
+        super().check(relaxation=relaxation, space=space)
+        try:
+            import optuna  # noqa: F401
+        except ImportError:
+            raise ValueError("method 'optuna' needs the optional package optuna "
+                             "(pip install optuna); it is not installed") from None
+
+    def search(self, problem, evaluator, *, key, restarts, relaxation=None, progress=False,
+               jit=jax.jit) -> Outcome:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        n = _blackbox_budget(problem)
+        space, choices, rows = problem.space, [], []
+        for r, k in enumerate(jax.random.split(key, restarts)):
+            seed = int(jax.random.randint(k, (), 0, 2**31 - 1))
+            study = optuna.create_study(direction="maximize",
+                                        sampler=optuna.samplers.TPESampler(seed=seed))
+            evaluate = self._reward_fn(evaluator, k)
+            done = 0
+            while done < n:
+                trials = [study.ask() for _ in range(min(self.batch_size, n - done))]
+                batch = np.array([[t.suggest_categorical(lab, list(range(kk)))
+                                   for lab, kk in zip(space.edge_labels, space.discrete.num_ops)]
+                                  for t in trials], np.int32)
+                for t, v in zip(trials, np.asarray(evaluate(batch))):
+                    study.tell(t, float(v))
+                done += len(trials)
+            best = study.best_trial.params
+            choices.append(np.array([best[lab] for lab in space.edge_labels], np.int32))
+            rows = rows or [{"value": float(t.value)} for t in study.trials]
+        choices = np.stack(choices)
+        return Outcome(choices, _one_hot(space, choices), None, n, rows, None, {})
+
+
+@dataclasses.dataclass(frozen=True)
+class AdaNetSearch(BlackBoxSearch):
+    """AdaNet boosting (Cortes et al. 2017) of ReLU MLPs on the raw features.
+
+    AdaNet grows its own structure (an ensemble of subnetworks of depth d or d + 1) rather
+    than choosing ops of the cell, so it reports the ensemble: depths, mixture weights,
+    parameter count, and validation / test accuracy of the ensemble itself.
+    """
+
+    max_rounds: int = 5
+
+    def search(self, problem, evaluator, *, key, restarts, relaxation=None, progress=False,
+               jit=jax.jit) -> Outcome:
+        from structsel.search.adanet import run_adanet
+
+        if problem.task.name != "classification":
+            raise ValueError("method 'adanet' supports classification only "
+                             "(its boosting surrogate needs class labels)")
+        d, b = problem.data, problem.budget
+        flat = lambda x: np.asarray(x).reshape(len(x), -1)
+        rounds = 2 if b.name == "tiny" else self.max_rounds
+        runs = []
+        for k in jax.random.split(key, restarts):
+            res = run_adanet(flat(d.x_train), d.y_train, key=k,
+                             num_classes=problem.task.num_classes, width=b.width,
+                             max_rounds=rounds, steps=b.train_steps,
+                             learning_rate=b.learning_rate)
+            acc = lambda x, y: float(np.mean(np.asarray(res.predict(flat(x))) == np.asarray(y)))
+            params = sum(1 + sum(int(np.size(leaf)) for leaf in jax.tree.leaves(sub.params))
+                         for sub in res.ensemble)  # weights + one mixture weight each
+            runs.append({"ensemble": [{"depth": s.spec.depth, "width": s.spec.width,
+                                       "gamma": float(s.gamma)} for s in res.ensemble],
+                         "params": params, "rounds": len(res.history),
+                         "stopped": bool(res.stopped),
+                         "val_metric": acc(d.x_val, d.y_val),
+                         "test_metric": acc(d.x_test, d.y_test)})
+        best = max(runs, key=lambda r: r["val_metric"])
+        candidates = sum(2 * r["rounds"] for r in runs) // restarts
+        rows = [{"val_metric": r["val_metric"], "params": r["params"]} for r in runs]
+        return Outcome(None, None, None, candidates, rows, None,
+                       {"adanet": best, "restarts": runs})
+
+
+METHODS: dict[str, Any] = {
+    # Prior log-std floor -1 (not the objective's -4): with -4 the gamma-scaled ARD prior
+    # makes the search anti-Occam on small data (docs/search.md); noise std learned in h.
+    "bayes": GradientSearch("gumbel_softmax", weights="gaussian", coefficients=objective.elbo,
+                            schedule=("exponential", 1.0, 0.3), log_std_floor=-1.0,
+                            learn_noise=True),
+    "darts1": GradientSearch("softmax"),
+    "darts2": GradientSearch("softmax", hypergradient="darts"),
+    "gdas": GradientSearch("gumbel_softmax", schedule=("exponential", 10.0, 0.1)),
+    "drnas": GradientSearch("dirichlet"),
+    "logitnormal": GradientSearch("logitnormal"),
+    "random": RandomSearch(),
+    "reinforce": Reinforce(),
+    "adanet": AdaNetSearch(),
+    "optuna": OptunaTPE(),
+}

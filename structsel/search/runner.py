@@ -1,0 +1,405 @@
+"""The search driver behind `structsel search` / `structsel enumerate` (entry-point layer).
+
+Turns typed arguments into a `Problem` (space + task + data + budget), runs a method of
+`structsel.search.methods.METHODS`, retrains the selected structure from scratch and
+writes the workdir: config.json, metrics.jsonl, summary.json, structure.json and two
+PNGs (the selected cell, gamma over time). Like the experiments, this layer owns the jit
+boundary: the `Evaluator` jits the vmapped from-scratch trainer once per batch shape.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import pathlib
+import time
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+
+from structsel import data as data_lib
+from structsel.runs import Run
+from structsel.search import enumeration, spaces
+from structsel.search.enumeration import TrainConfig, train_structures
+
+
+# XLA's RngBitGenerator ("rbg") instead of threefry: the variational objective draws one
+# normal per weight leaf, and inlined threefry made its compilation 2-3x slower.
+PRNG_IMPL = "rbg"
+
+
+def prng_key(seed: int) -> jax.Array:
+    """The typed PRNG key of a run (impl PRNG_IMPL)."""
+    return jax.random.key(seed, impl=PRNG_IMPL)
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    """Compute settings of a search: widths, step counts, evaluation budget."""
+
+    name: str = "default"
+    width: int = 16              # hidden width / channels of the cell
+    train_steps: int = 200       # Adam steps of a discrete model trained from scratch
+    learning_rate: float = 1e-2  # of those steps
+    batch_size: int = 0          # minibatch of those steps (0: full batch)
+    search_steps: int = 150      # outer steps of the gradient methods
+    inner_steps: int = 5         # inner steps per outer step
+    search_lr: float = 3e-2      # Adam step on the structure parameters
+    evaluations: int = 0         # black-box evaluations (0: the gradient methods' compute)
+    retrain_seeds: int = 3       # seeds of the final from-scratch retrain
+    chunk: int = 32              # structures per call of the jitted evaluator
+    mnist1d_samples: int = 4000  # size of the generated mnist1d set
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name == "name":
+                continue
+            lower = 0 if f.name in ("batch_size", "evaluations") else 1
+            if f.type in ("int",) and (not isinstance(value, int) or value < lower):
+                raise ValueError(f"budget {f.name} must be an int >= {lower}, got {value!r}")
+            if f.type in ("float",) and not (isinstance(value, (int, float)) and value > 0):
+                raise ValueError(f"budget {f.name} must be a number > 0, got {value!r}")
+
+    @property
+    def train(self) -> TrainConfig:
+        """The from-scratch training of one discrete structure."""
+        return TrainConfig(steps=self.train_steps, learning_rate=self.learning_rate,
+                           batch_size=self.batch_size or None)
+
+    def equivalent_evaluations(self, grads_per_step: float) -> int:
+        """Compute of a gradient search in from-scratch trainings: T (S + c) / train_steps."""
+        return max(1, math.ceil(self.search_steps * grads_per_step / self.train_steps))
+
+
+BUDGETS = {
+    "tiny": Budget("tiny", width=4, train_steps=10, search_steps=4, inner_steps=2,
+                   evaluations=4, retrain_seeds=1, chunk=4, mnist1d_samples=400),
+    "small": Budget("small", width=8, train_steps=100, search_steps=60, inner_steps=3,
+                    retrain_seeds=2, mnist1d_samples=2000),
+    "default": Budget("default"),
+    # mnist1d sequences: minibatches and 8 channels keep the 125 x 3 enumeration ~10 min.
+    "mnist1d": Budget("mnist1d", width=8, train_steps=400, batch_size=128, search_steps=100,
+                      inner_steps=4),
+}
+
+
+def default_budget(dataset: str) -> str:
+    """The preset used when none is given: 'mnist1d' for mnist1d, else 'default'."""
+    return "mnist1d" if dataset == "mnist1d" else "default"
+
+
+def budget_names() -> list[str]:
+    return list(BUDGETS)
+
+
+def parse_budget(text: str | Budget) -> Budget:
+    """'preset' or 'preset,key=value,...' (e.g. 'small,search_steps=100') -> Budget."""
+    if isinstance(text, Budget):
+        return text
+    name, *overrides = [t.strip() for t in str(text).split(",") if t.strip()] or ["default"]
+    if name not in BUDGETS:
+        raise ValueError(f"budget must start with one of {list(BUDGETS)}, got {name!r}")
+    fields = {f.name: f for f in dataclasses.fields(Budget) if f.name != "name"}
+    changes = {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or key not in fields:
+            raise ValueError(f"budget override must be key=value with key one of "
+                             f"{sorted(fields)}, got {item!r}")
+        try:
+            changes[key] = float(value) if fields[key].type == "float" else int(value)
+        except ValueError:
+            raise ValueError(f"budget {key} must be a {fields[key].type}, got {value!r}") from None
+    return dataclasses.replace(BUDGETS[name], **changes)
+
+
+def space_names() -> list[str]:
+    return sorted(spaces.SPACES)
+
+
+def method_names() -> list[str]:
+    from structsel.search import methods
+    return list(methods.METHODS)
+
+
+def relaxation_names() -> list[str]:
+    from structsel.search import methods
+    return list(methods.RELAXATIONS)
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchConfig:
+    """Typed arguments of one search run (what config.json records)."""
+
+    dataset: str
+    data: str | None
+    target: str | None
+    task: str | None
+    space: str
+    method: str
+    relaxation: str | None
+    seed: int
+    seeds: int
+    budget: Budget
+    workdir: str
+    split_seed: int = 0
+
+
+def search_config(*, data=None, target=None, task=None, dataset=None, space=None,
+                  method="bayes", relaxation=None, seed=0, seeds=1, budget=None,
+                  workdir=None, split_seed=0) -> SearchConfig:
+    """Validated SearchConfig (ValueError / DataError naming the bad argument)."""
+    from structsel.search import methods
+
+    if data is not None and dataset is not None:
+        raise ValueError("give either --data FILE or --dataset NAME, not both")
+    if data is None:
+        dataset = dataset or "digits"
+        allowed = data_lib.SKLEARN_SETS + ("mnist1d",)
+        if dataset not in allowed:
+            raise ValueError(f"dataset must be one of {allowed}, got {dataset!r}")
+        if target is not None:
+            raise ValueError("--target applies to --data files only")
+    else:
+        dataset = pathlib.Path(data).stem
+    if method not in methods.METHODS:
+        raise ValueError(f"method must be one of {list(methods.METHODS)}, got {method!r}")
+    if relaxation is not None and relaxation not in methods.RELAXATIONS:
+        raise ValueError(f"relaxation must be one of {list(methods.RELAXATIONS)}, "
+                         f"got {relaxation!r}")
+    space = space or spaces.space_for_dataset(dataset)
+    if space not in spaces.SPACES:
+        raise ValueError(f"space must be one of {sorted(spaces.SPACES)}, got {space!r}")
+    if not isinstance(seeds, int) or seeds < 1:
+        raise ValueError(f"seeds must be an int >= 1, got {seeds!r}")
+    budget = parse_budget(budget if budget is not None else default_budget(dataset))
+    methods.METHODS[method].check(relaxation=relaxation, space=space)
+    workdir = workdir or f"results/search/{dataset}_{method}_{seed}"
+    return SearchConfig(dataset, data, target, task, space, method, relaxation, int(seed),
+                        int(seeds), budget, str(workdir), int(split_seed))
+
+
+def load_data(*, dataset: str, data: str | None, target: str | None, task: str | None,
+              split_seed: int, budget: Budget) -> data_lib.Dataset:
+    """The split, standardised dataset (DataError on bad data)."""
+    if data is not None:
+        return data_lib.load_table(data, target=target, task=task, seed=split_seed)
+    kwargs = {"num_samples": budget.mnist1d_samples} if dataset == "mnist1d" else {}
+    ds = data_lib.load(dataset, seed=split_seed, **kwargs)
+    if task is not None and task != ds.task:
+        raise ValueError(f"task of the embedded dataset {dataset} is {ds.task}, got --task {task}")
+    return ds
+
+
+class Problem(NamedTuple):
+    """Everything a method needs: the space, the task strategy, the arrays, the budget."""
+
+    space: spaces.Space
+    task: Any
+    data: enumeration.Splits
+    budget: Budget
+    dataset: str
+
+
+def make_problem(ds: data_lib.Dataset, space_name: str, budget: Budget) -> Problem:
+    """Builds the space for the dataset's task and the (prepared) arrays."""
+    task = enumeration.task_of(ds)
+    space = spaces.build_space(space_name, num_outputs=task.num_outputs, width=budget.width)
+    if space.layout == "vector" and ds.x_train.ndim != 2:
+        raise ValueError(f"space {space_name} needs tabular features (n, d)")
+    return Problem(space, task, enumeration.splits_of(ds, space.prepare), budget, ds.name)
+
+
+@functools.lru_cache(maxsize=32)
+def _compiled_trainer(family, task, config: TrainConfig):
+    """jit(train_structures) per (family, task, config), cached across runs. The data is an
+    argument, not a closed-over constant: smaller programs, one compilation for all runs."""
+    return jax.jit(lambda gammas, keys, data: train_structures(family, task, config, gammas,
+                                                               data, keys=keys))
+
+
+class Evaluator:
+    """Trains structures from scratch, vmapped over structures x seeds, jitted per batch size.
+
+    `__call__(choices, keys)` returns {"val_metric", "test_metric", "train_loss"} as numpy
+    arrays (num_structures, num_seeds); `count` is the number of (structure, seed) trainings.
+    """
+
+    def __init__(self, problem: Problem, *, progress: bool = False):
+        self.problem, self.progress, self.count = problem, progress, 0
+        space, task, cfg = problem.space, problem.task, problem.budget.train
+        self._fn = _compiled_trainer(space.family, task, cfg)
+
+    def __call__(self, choices, keys) -> dict[str, np.ndarray]:
+        choices = np.asarray(choices, np.int32)
+        n, chunk = len(choices), self.problem.budget.chunk
+        size = min(chunk, 1 << max(0, (n - 1).bit_length()))  # few distinct batch shapes
+        starts = range(0, n, size)
+        if self.progress and len(starts) > 1:
+            from tqdm import tqdm
+            starts = tqdm(starts, desc="train structures", unit="batch", leave=False)
+        outs = []
+        for s in starts:
+            part = choices[s:s + size]
+            padded = np.concatenate([part, np.repeat(part[-1:], size - len(part), 0)])
+            out = self._fn(self.problem.space.gamma(padded), keys, self.problem.data)
+            outs.append({k: np.asarray(v)[:len(part)] for k, v in out.items()})
+        self.count += n * int(np.shape(keys)[0])
+        return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
+
+    def reward(self, choices, *, key) -> np.ndarray:
+        """Validation reward of each structure (one seed): accuracy, or -RMSE."""
+        sign = 1.0 if self.problem.task.higher_is_better else -1.0
+        return sign * self(choices, key[None])["val_metric"][:, 0]
+
+
+# --- outputs ------------------------------------------------------------------------------
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def format_summary(summary: dict) -> str:
+    """The final table printed by `structsel search`."""
+    keys = ["dataset", "space", "method", "seed", "selected", "params", "val_metric",
+            "test_metric", "regret", "rank", "num_evaluations", "wall_time_s", "workdir"]
+    rows = [(k, summary[k]) for k in keys if k in summary]
+    rows = [(k, ", ".join(f"{e}: {o}" for e, o in v.items()) if isinstance(v, dict) else _fmt(v))
+            for k, v in rows]
+    width = max(len(k) for k, _ in rows)
+    line = "-" * (width + 3 + max(len(v) for _, v in rows))
+    return "\n".join([line] + [f"{k:<{width}} | {v}" for k, v in rows] + [line])
+
+
+def format_table(table: dict, top: int = 10) -> str:
+    """The best `top` rows of an enumeration table."""
+    sign = 1 if table["higher_is_better"] else -1
+    rows = sorted(table["rows"], key=lambda r: -sign * r["test_mean"])[:top]
+    out = [f"{table['space']} x {table['dataset']}: {table['num_structures']} structures, "
+           f"{table['num_seeds']} seeds; best {top} by mean test metric",
+           f"{'rank':>4}  {'ops':<40} {'params':>7} {'val':>14} {'test':>14}"]
+    for i, r in enumerate(rows, 1):
+        out.append(f"{i:>4}  {','.join(r['ops']):<40} {r['params']:>7} "
+                   f"{r['val_mean']:.4f}+-{r['val_std']:.4f} {r['test_mean']:.4f}+-{r['test_std']:.4f}")
+    return "\n".join(out)
+
+
+def run_search(config: SearchConfig, *, progress: bool = True,
+               dataset: data_lib.Dataset | None = None) -> dict:
+    """Runs one search end to end and writes the workdir; returns summary.json's dict."""
+    from structsel.search import methods
+
+    start = time.perf_counter()
+    ds = dataset if dataset is not None else load_data(
+        dataset=config.dataset, data=config.data, target=config.target, task=config.task,
+        split_seed=config.split_seed, budget=config.budget)
+    problem = make_problem(ds, config.space, config.budget)
+    method = methods.METHODS[config.method]
+    run = Run.create(config.workdir, config={**dataclasses.asdict(config),
+                                             "split": ds.split, "task": ds.task},
+                     seed=config.seed)
+    evaluator = Evaluator(problem, progress=progress)
+    key = prng_key(config.seed)
+    k_search, k_retrain = jax.random.split(key)
+    outcome = method.search(problem, evaluator, key=k_search, restarts=config.seeds,
+                            relaxation=config.relaxation, progress=progress, jit=jax.jit)
+    for t, row in enumerate(outcome.history):
+        run.log_metrics(t, **row)
+    search_time = time.perf_counter() - start
+    base = {"dataset": problem.dataset, "space": problem.space.name, "method": config.method,
+            "relaxation": outcome.relaxation, "seed": config.seed, "restarts": config.seeds,
+            "num_evaluations": int(outcome.num_evaluations), "search_time_s": search_time,
+            "budget": dataclasses.asdict(config.budget), "split": ds.split,
+            "metric": problem.task.metric_name, "workdir": str(run.workdir)}
+    if outcome.choices is None:  # a method with its own structure space (AdaNet)
+        report = outcome.extra["adanet"]
+        summary = {**base, "space": "adanet", "selected": {
+                       f"subnetwork {i}": f"depth {m['depth']} x width {m['width']}"
+                       for i, m in enumerate(report["ensemble"])},
+                   "gamma": {f"subnetwork {i}": m["gamma"]
+                             for i, m in enumerate(report["ensemble"])},
+                   "params": report["params"], "val_metric": report["val_metric"],
+                   "test_metric": report["test_metric"], "extra": outcome.extra}
+        run.write_json("structure.json", {"adanet_ensemble": report["ensemble"]})
+    else:
+        summary = _retrain_selected(problem, evaluator, outcome, run, config, k_retrain, base)
+    summary["wall_time_s"] = time.perf_counter() - start
+    run.write_summary(summary)
+    return summary
+
+
+def _retrain_selected(problem, evaluator, outcome, run, config, key, base) -> dict:
+    """Retrains every restart's selection from scratch, keeps the best by validation metric,
+    scores it against the enumeration table and writes structure.json and the figures."""
+    choices = np.unique(np.asarray(outcome.choices), axis=0)
+    retrain_keys = jax.random.split(key, config.budget.retrain_seeds)
+    scores = evaluator(choices, retrain_keys)
+    val = scores["val_metric"].mean(1)
+    best = int(np.argmax(val) if problem.task.higher_is_better else np.argmin(val))
+    choice = choices[best]
+    restart = int(next(i for i, c in enumerate(np.asarray(outcome.choices))
+                       if np.array_equal(c, choice)))
+    space = problem.space
+    gamma = outcome.gamma[restart]
+    summary = {
+        **base, "selected": space.selected(choice), "choice": [int(c) for c in choice],
+        "gamma": {label: {op: float(v) for op, v in zip(space.op_names, g)}
+                  for label, g in zip(space.edge_labels, gamma)},
+        "params": space.num_params(choice, np.asarray(problem.data.x_train)),
+        "val_metric": float(val[best]),
+        "test_metric": float(scores["test_metric"][best].mean()),
+        "test_metric_std": float(scores["test_metric"][best].std()),
+        "restart_choices": np.asarray(outcome.choices).tolist(),
+        "extra": outcome.extra,
+    }
+    table = enumeration.load_table(space.name, problem.dataset) if config.data is None else None
+    if table is not None:
+        summary.update(enumeration.regret_and_rank(table, choice))
+        summary["restart_regrets"] = [enumeration.regret_and_rank(table, c)["regret"]
+                                      for c in np.asarray(outcome.choices)]
+        summary["table"] = str(enumeration.table_path(space.name, problem.dataset))
+    run.write_json("structure.json", {**space.export(choice), "dataset": problem.dataset,
+                                      "task": problem.task.name, "width": config.budget.width,
+                                      "num_outputs": problem.task.num_outputs})
+    spaces.plot_cell(space, choice, run.path("cell.png"))
+    if outcome.gamma_history is not None:
+        spaces.plot_gamma_history(space, np.asarray(outcome.gamma_history[restart]),
+                                 run.path("gamma.png"))
+    return summary
+
+
+def run_enumeration(*, space: str, dataset: str, seeds: int = 3, seed: int = 0,
+                    budget: str | Budget | None = None, out: str | None = None,
+                    progress: bool = True) -> tuple[dict, pathlib.Path]:
+    """Trains every structure of `space` on `dataset` with `seeds` seeds; writes the table."""
+    if space not in spaces.SPACES:
+        raise ValueError(f"space must be one of {sorted(spaces.SPACES)}, got {space!r}")
+    b = parse_budget(budget if budget is not None else default_budget(dataset))
+    ds = load_data(dataset=dataset, data=None, target=None, task=None, split_seed=seed, budget=b)
+    problem = make_problem(ds, space, b)
+    if problem.space.discrete.size > 4096:
+        raise ValueError(f"space {space} has {problem.space.discrete.size} structures; "
+                         "enumerate spaces with at most 4096")
+    start = time.perf_counter()
+    choices = np.asarray(problem.space.discrete.enumerate())
+    keys = jax.random.split(prng_key(seed), seeds)
+    scores = Evaluator(problem, progress=progress)(choices, keys)
+    params = problem.space.all_num_params(choices, np.asarray(problem.data.x_train))
+    command = (f"structsel enumerate --space {space} --dataset {dataset} --seeds {seeds} "
+               f"--seed {seed} --budget {b.name}" + "".join(
+                   f",{k}={v}" for k, v in dataclasses.asdict(b).items()
+                   if k != "name" and v != getattr(BUDGETS[b.name], k)))
+    table = enumeration.make_table(
+        space=space, dataset=dataset, op_names=[problem.space.op_names] * len(choices[0]),
+        choices=choices, params=params, val=scores["val_metric"], test=scores["test_metric"],
+        higher_is_better=problem.task.higher_is_better,
+        settings={"budget": dataclasses.asdict(b), "split": ds.split,
+                  "wall_time_s": time.perf_counter() - start,
+                  "edges": list(problem.space.edge_labels)},
+        command=command)
+    path = enumeration.save_table(table, out or enumeration.table_path(space, dataset))
+    return table, path

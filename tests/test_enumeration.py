@@ -1,0 +1,118 @@
+"""Ground-truth enumeration: vmapped training equals looped training, regret / rank, tables."""
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from structsel.family import discrete_model
+from structsel.search import enumeration, spaces
+from structsel.search.enumeration import Regression, Splits, TrainConfig
+
+
+def _regression_splits(seed=0, n=48, d=5):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(3 * n, d)).astype(np.float32)
+    y = (np.tanh(x[:, 0]) + 0.5 * x[:, 1] * x[:, 2]).astype(np.float32)
+    return Splits(*(jnp.asarray(a) for a in (x[:n], y[:n], x[n:2 * n], y[n:2 * n],
+                                             x[2 * n:], y[2 * n:])))
+
+
+def test_vmapped_enumeration_equals_looped_training():
+    space = spaces.build_space("mlp1", num_outputs=1, width=4)
+    data, task = _regression_splits(), Regression(target_std=2.0)
+    config = TrainConfig(steps=6, learning_rate=3e-2, batch_size=16)
+    choices = np.asarray(space.discrete.enumerate())
+    keys = jax.random.split(jax.random.key(3), 2)
+    batched = jax.jit(lambda g, k: enumeration.train_structures(
+        space.family, task, config, g, data, keys=k))(space.gamma(choices), keys)
+    one = jax.jit(lambda g, k: enumeration.train_structure(space.family, task, config, g, data,
+                                                           key=k))
+    for i, choice in enumerate(choices):
+        for s in range(len(keys)):
+            looped = one(space.gamma(choice), keys[s])
+            for name in ("train_loss", "val_metric", "test_metric"):
+                # float32, identical math; vmapped reductions may be reordered -> 1e-5 rel.
+                np.testing.assert_allclose(batched[name][i, s], looped[name], rtol=1e-5,
+                                           atol=1e-6)
+    assert batched["val_metric"].shape == (len(choices), 2)
+    # Different structures give different models (the test could fail if gamma were ignored).
+    assert np.unique(np.round(np.asarray(batched["val_metric"][:, 0]), 5)).size > 2
+
+
+def test_training_at_a_vertex_trains_the_discrete_model():
+    """Oracle: the stand-alone discrete model (family.discrete_model) trained from the same
+    initial weights with the same AdamW steps ends at the same outputs as the supernet at
+    the simplex vertex (unused ops get zero gradients, so Adam leaves them unchanged)."""
+    space = spaces.build_space("mlp3", num_outputs=1, width=4)
+    data, task = _regression_splits(1), Regression()
+    config = TrainConfig(steps=8, learning_rate=2e-2, weight_decay=0.0)
+    choice = np.array([3, 1, 4])
+    gamma = space.gamma(choice)
+    structure = space.export(choice)
+    sub, select = discrete_model(space.family, json.loads(json.dumps(structure)))
+    w0 = space.family.init(jax.random.key(0), data.x_train[:1])
+    w_super, _ = enumeration.fit(space.family, task, config, gamma, w0, data,
+                                 key=jax.random.key(1))
+    w_sub, _ = enumeration.fit(sub, task, config, sub.ones_gamma(), select(w0), data,
+                               key=jax.random.key(1))
+    out_super = space.family.apply(w_super, gamma, data.x_test)
+    out_sub = sub.apply(w_sub, sub.ones_gamma(), data.x_test)
+    # float32 and the same operations up to summation of exact zeros: 1e-5.
+    np.testing.assert_allclose(out_super, out_sub, rtol=1e-5, atol=1e-5)
+
+
+def _hand_table(higher_is_better=True):
+    # 4 structures of a 2-edge x 2-op space; test means 0.9, 0.7, 0.95, 0.7.
+    test = np.array([[0.9, 0.9], [0.6, 0.8], [0.94, 0.96], [0.7, 0.7]])
+    return enumeration.make_table(
+        space="toy", dataset="hand", op_names=[("a", "b"), ("a", "b")],
+        choices=[[0, 0], [0, 1], [1, 0], [1, 1]], params=[1, 2, 3, 4], val=test, test=test,
+        higher_is_better=higher_is_better, settings={}, command="by hand")
+
+
+def test_regret_and_rank_against_a_hand_table():
+    table = _hand_table()
+    best = enumeration.regret_and_rank(table, [1, 0])
+    assert best["regret"] == pytest.approx(0.0) and best["rank"] == 1
+    first = enumeration.regret_and_rank(table, [0, 0])
+    assert first["regret"] == pytest.approx(0.95 - 0.9) and first["rank"] == 2
+    tied = [enumeration.regret_and_rank(table, c) for c in ([0, 1], [1, 1])]
+    assert [t["rank"] for t in tied] == [3, 3]  # ties share the better rank
+    assert tied[0]["regret"] == pytest.approx(0.25)
+    # Lower is better (RMSE): the ranking and the regret's sign flip.
+    lower = _hand_table(higher_is_better=False)
+    assert enumeration.regret_and_rank(lower, [1, 1])["rank"] == 1
+    assert enumeration.regret_and_rank(lower, [1, 1])["regret"] == pytest.approx(0.0)
+    assert enumeration.regret_and_rank(lower, [0, 0])["rank"] == 3
+    assert enumeration.regret_and_rank(lower, [0, 0])["regret"] == pytest.approx(0.9 - 0.7)
+    worst = enumeration.regret_and_rank(lower, [1, 0])
+    assert worst["rank"] == 4 and worst["regret"] == pytest.approx(0.95 - 0.7)
+    with pytest.raises(ValueError, match="not a structure"):
+        enumeration.regret_and_rank(table, [2, 0])
+
+
+def test_table_round_trip(tmp_path):
+    table = _hand_table()
+    path = enumeration.save_table(table, tmp_path / "t.json")
+    loaded = enumeration.load_table("toy", "hand", path)
+    assert loaded == json.loads(json.dumps(table))
+    assert loaded["rows"][1]["test_std"] == pytest.approx(0.1)
+    assert loaded["rows"][1]["ops"] == ["a", "b"]
+    assert enumeration.load_table("toy", "hand", tmp_path / "absent.json") is None
+
+
+@pytest.mark.parametrize("space_name,dataset", [("mlp3", "digits"), ("conv1d3", "mnist1d")])
+def test_committed_tables_are_complete(space_name, dataset):
+    table = enumeration.load_table(space_name, dataset)
+    if table is None:
+        pytest.skip(f"no committed table for {space_name} x {dataset}")
+    assert table["num_structures"] == len(table["rows"]) == 125
+    choices = {tuple(r["choice"]) for r in table["rows"]}
+    assert len(choices) == 125
+    assert table["command"].startswith("structsel enumerate")
+    for r in table["rows"]:
+        assert 0.0 <= r["test_mean"] <= 1.0 and r["params"] > 0
+    # The best structure beats chance (10 classes) by far: the table is not noise.
+    assert max(r["test_mean"] for r in table["rows"]) > 0.5
