@@ -16,7 +16,9 @@ the logit-normal the temperature divides the Gaussian logits, x / t ~ N(mu / t, 
 t^2), so that t -> 0 sends the mass to the vertices and t -> infinity to the centre, as for
 GS. Every relaxation provides `sample(theta, t, *, key)`, `mean(theta, t)` (a deterministic
 gamma for evaluation), `distribution(theta, t)` (a distrax distribution, or None),
-`num_params(K)` and `init(K)` (zeros: the uniform structure).
+`num_params(K)` and `init(K)` (zeros: the uniform structure). On an edge with a single op
+the stochastic relaxations have no parameters (theta of shape (0,)) and gamma = 1: a
+distribution over a 1-point simplex is a point mass (stems and readouts of a cell).
 
 Discretisation maps a relaxed gamma to a vertex: `argmax_vertex` (simplex),
 `threshold_vertex` (cube) and `darts_topk` (DARTS: per destination vertex keep the k
@@ -30,6 +32,7 @@ import dataclasses
 from typing import ClassVar, Sequence
 
 import jax
+import distrax
 import jax.numpy as jnp
 from tensorflow_probability.substrates import jax as tfp
 
@@ -69,13 +72,29 @@ class Relaxation(abc.ABC):
         """Default theta (zeros: the uniform structure / a standard logit-normal)."""
         return jnp.zeros((self.num_params(k),), dtype)
 
-    @abc.abstractmethod
     def mean(self, theta, temperature):
         """A deterministic gamma of shape (K,) representing the relaxation (for evaluation)."""
+        if self._single_op(theta):
+            return jnp.ones((1,), theta.dtype)
+        return self._mean(theta, temperature)
 
-    @abc.abstractmethod
     def distribution(self, theta, temperature):
         """The distrax distribution of gamma, or None for a deterministic relaxation."""
+        if self._single_op(theta):
+            return distrax.Independent(distrax.Deterministic(jnp.ones((1,), theta.dtype)), 1)
+        return self._distribution(theta, temperature)
+
+    def _single_op(self, theta) -> bool:
+        """An edge with one op under a simplex distribution: gamma = 1, theta is empty."""
+        return self.stochastic and theta.shape[-1] == 0
+
+    @abc.abstractmethod
+    def _mean(self, theta, temperature):
+        """mean() for edges with K >= 2 (or any K for deterministic relaxations)."""
+
+    @abc.abstractmethod
+    def _distribution(self, theta, temperature):
+        """distribution() for edges with K >= 2."""
 
     def sample(self, theta, temperature, *, key):
         """A reparameterised draw of gamma (K,); deterministic relaxations ignore `key`."""
@@ -96,10 +115,10 @@ class Softmax(Relaxation):
         _check_k(k)
         return k
 
-    def mean(self, theta, temperature):
+    def _mean(self, theta, temperature):
         return jax.nn.softmax(theta, axis=-1)
 
-    def distribution(self, theta, temperature):
+    def _distribution(self, theta, temperature):
         return None
 
 
@@ -114,10 +133,10 @@ class Sigmoid(Relaxation):
         _check_k(k)
         return k
 
-    def mean(self, theta, temperature):
+    def _mean(self, theta, temperature):
         return jax.nn.sigmoid(theta)
 
-    def distribution(self, theta, temperature):
+    def _distribution(self, theta, temperature):
         return None
 
 
@@ -130,13 +149,13 @@ class GumbelSoftmax(Relaxation):
 
     def num_params(self, k: int) -> int:
         _check_k(k)
-        return k
+        return 0 if k == 1 else k
 
-    def mean(self, theta, temperature):
+    def _mean(self, theta, temperature):
         distributions.check_positive("temperature", temperature)
         return jax.nn.softmax(theta / temperature, axis=-1)
 
-    def distribution(self, theta, temperature):
+    def _distribution(self, theta, temperature):
         return distributions.gumbel_softmax(theta, temperature)
 
 
@@ -149,12 +168,12 @@ class Dirichlet(Relaxation):
 
     def num_params(self, k: int) -> int:
         _check_k(k)
-        return k
+        return 0 if k == 1 else k
 
-    def mean(self, theta, temperature):
+    def _mean(self, theta, temperature):
         return jax.nn.softmax(theta, axis=-1)
 
-    def distribution(self, theta, temperature):
+    def _distribution(self, theta, temperature):
         return distributions.dirichlet(jnp.exp(theta), temperature)
 
 
@@ -170,8 +189,6 @@ class LogitNormal(Relaxation):
 
     def num_params(self, k: int) -> int:
         _check_k(k)
-        if k < 2:
-            raise ValueError(f"LogitNormal needs K >= 2 ops on an edge; got K={k}")
         return 2 * k - 2
 
     def _split(self, theta):
@@ -181,12 +198,12 @@ class LogitNormal(Relaxation):
         loc, log_scale = jnp.split(theta, 2, axis=-1)
         return loc, log_scale
 
-    def mean(self, theta, temperature):
+    def _mean(self, theta, temperature):
         loc, _ = self._split(theta)
         distributions.check_positive("temperature", temperature)
         return tfp.bijectors.SoftmaxCentered().forward(loc / temperature)
 
-    def distribution(self, theta, temperature):
+    def _distribution(self, theta, temperature):
         loc, log_scale = self._split(theta)
         return distributions.logit_normal(loc / temperature, jnp.exp(log_scale) / temperature)
 

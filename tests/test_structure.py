@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from structsel import distributions as D
 from structsel import structure as S
 
 ALL = (S.Softmax(), S.Sigmoid(), S.GumbelSoftmax(), S.Dirichlet(), S.LogitNormal())
@@ -146,3 +147,16 @@ def test_relaxation_validation():
         S.LogitNormal().mean(jnp.zeros(3), 1.0)
     with pytest.raises(ValueError, match="K"):
         S.Softmax().num_params(0)
+
+
+@pytest.mark.parametrize("relaxation", [S.GumbelSoftmax(), S.Dirichlet(), S.LogitNormal()])
+def test_single_op_edges_are_a_point_mass(relaxation):
+    # A distribution over the 1-point simplex is the point gamma = 1 with no parameters
+    # (cell stems and readouts); its KL to itself is exactly 0.
+    theta = relaxation.init(1)
+    assert theta.shape == (0,)
+    gamma = relaxation.sample(theta, 0.3, key=jax.random.key(0))
+    np.testing.assert_array_equal(np.asarray(gamma), [1.0])
+    np.testing.assert_array_equal(np.asarray(relaxation.mean(theta, 0.3)), [1.0])
+    dist = relaxation.distribution(theta, 0.3)
+    assert float(D.kl_divergence(dist, dist, key=jax.random.key(1), num_samples=4)) == 0.0

@@ -51,44 +51,11 @@ class Outcome(NamedTuple):
     extra: dict
 
 
-@dataclasses.dataclass(frozen=True)
-class SingleOpSafe(structure.Relaxation):
-    """`base` on edges with K >= 2 ops; gamma = 1 with no parameters on single-op edges.
-
-    The stem, cell-output and readout edges of a space carry one op; the distributions
-    over the simplex need K >= 2 (the logit-normal has K - 1 free logits).
-    """
-
-    base: structure.Relaxation
-    domain: ClassVar[str] = "simplex"
-
-    @property
-    def stochastic(self) -> bool:
-        return self.base.stochastic
-
-    def num_params(self, k: int) -> int:
-        return 0 if k == 1 else self.base.num_params(k)
-
-    def mean(self, theta, temperature):
-        return jnp.ones((1,), theta.dtype) if theta.shape[-1] == 0 else self.base.mean(
-            theta, temperature)
-
-    def distribution(self, theta, temperature):
-        if theta.shape[-1] == 0:
-            return distrax.Independent(distrax.Deterministic(jnp.ones((1,), theta.dtype)), 1)
-        return self.base.distribution(theta, temperature)
-
-    def sample(self, theta, temperature, *, key):
-        if theta.shape[-1] == 0:
-            return jnp.ones((1,), theta.dtype)
-        return self.base.sample(theta, temperature, key=key)
-
-
 RELAXATIONS = {
     "softmax": structure.Softmax(),
-    "gumbel_softmax": SingleOpSafe(structure.GumbelSoftmax()),
-    "dirichlet": SingleOpSafe(structure.Dirichlet()),
-    "logitnormal": SingleOpSafe(structure.LogitNormal()),
+    "gumbel_softmax": structure.GumbelSoftmax(),
+    "dirichlet": structure.Dirichlet(),
+    "logitnormal": structure.LogitNormal(),
 }
 
 # Cost of one hypergradient in gradient evaluations (greedy: one outer gradient; darts:
