@@ -30,8 +30,10 @@ def _stats(values) -> dict:
     return {"mean": float(values.mean()), "std": float(values.std()), "values": values.tolist()}
 
 
-def bench_methods(names, *, seeds: int, budget: runner.Budget, table: dict) -> dict:
-    """Each method `seeds` times on mlp3 x digits; regret/rank from the table."""
+def bench_methods(names, *, seeds: int, budget: runner.Budget, table: dict,
+                  on_row=None) -> dict:
+    """Each method `seeds` times on mlp3 x digits; regret/rank from the table.
+    `on_row(out)` is called after each method (incremental writes)."""
     ds = runner.load_data(dataset="digits", data=None, target=None, task=None, split_seed=0,
                           budget=budget)
     problem = runner.make_problem(ds, "mlp3", budget)
@@ -64,6 +66,8 @@ def bench_methods(names, *, seeds: int, budget: runner.Budget, table: dict) -> d
                        zero_fraction=float(np.mean(np.asarray(outcome.choices)
                                                    == prob.space.zero_op)))
         out[name] = row
+        if on_row is not None:
+            on_row(out)
         print(f"{name:12s} {wall:7.1f}s  " + (f"regret {row['regret']['mean']:.4f}"
                                               if "regret" in row else
                                               f"test {row['test_metric']['mean']:.4f}"),
@@ -71,7 +75,8 @@ def bench_methods(names, *, seeds: int, budget: runner.Budget, table: dict) -> d
     return out
 
 
-def bench_tabular(*, budget: runner.Budget, seeds: int, dataset: str = "breast_cancer") -> dict:
+def bench_tabular(*, budget: runner.Budget, seeds: int, dataset: str = "breast_cancer",
+                  names=("bayes", "darts1", "random")) -> dict:
     """`bayes` on a real tabular dataset vs LogisticRegression and MLPClassifier."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.neural_network import MLPClassifier
@@ -86,7 +91,7 @@ def bench_tabular(*, budget: runner.Budget, seeds: int, dataset: str = "breast_c
     res["mlp_classifier"] = _stats([MLPClassifier((32,), max_iter=1000, random_state=s)
                                     .fit(xtr, ytr).score(ds.x_test, ds.y_test)
                                     for s in range(seeds)])
-    for name in ("bayes", "darts1", "random"):
+    for name in names:
         tests, params, selected = [], [], []
         start = time.perf_counter()
         for seed in range(seeds):
@@ -105,14 +110,15 @@ def bench_tabular(*, budget: runner.Budget, seeds: int, dataset: str = "breast_c
 def markdown(result: dict) -> str:
     """The tables of docs/search.md."""
     table, seeds = result["table"], result["seeds"]
-    lines = [f"Search on mlp3 x digits ({table['num_structures']} structures), {seeds} seeds, "
+    lines = [] if "methods" in result else ["(no mlp3 x digits rows in this run)"]
+    lines += [f"Search on mlp3 x digits ({table['num_structures']} structures), {seeds} seeds, "
              f"budget `{result['budget']['name']}`; regret / rank against the enumeration "
              "table (mean test accuracy over 3 seeds).", "",
              "| method | regret (acc.) | rank (of 125) | params | test acc. (table) | "
              "evaluations | wall time / seed (s) | zero-op fraction |",
              "|---|---|---|---|---|---|---|---|"]
     fmt = lambda s, p=4: f"{s['mean']:.{p}f} +- {s['std']:.{p}f}"
-    for name, row in result["methods"].items():
+    for name, row in result.get("methods", {}).items():
         if "regret" in row:
             lines.append(f"| {name} | {fmt(row['regret'])} | {fmt(row['rank'], 1)} | "
                          f"{fmt(row['params'], 0)} | {fmt(row['test_metric'])} | "
@@ -133,7 +139,7 @@ def markdown(result: dict) -> str:
                   f"| LogisticRegression (sklearn) | {t['logistic_regression']:.4f} | - |",
                   f"| MLPClassifier(32) (sklearn) | {fmt(t['mlp_classifier'])} | - |"]
         for name in ("bayes", "darts1", "random"):
-            if name in t:
+            if name in t and isinstance(t[name], dict):
                 lines.append(f"| structsel search --method {name} | "
                              f"{fmt(t[name]['test_metric'])} | {fmt(t[name]['params'], 0)} |")
     return "\n".join(lines) + "\n"
@@ -146,11 +152,22 @@ def main(argv=None) -> int:
     p.add_argument("--methods", default=",".join(GRADIENT + ["random", "reinforce", "adanet",
                                                              "optuna"]))
     p.add_argument("--no-tabular", action="store_true")
+    p.add_argument("--tabular-only", action="store_true", help="skip the mlp3 x digits rows")
+    p.add_argument("--tabular-methods", default="bayes,darts1,random")
+    p.add_argument("--tabular-budget", default=None, help="budget of the tabular searches "
+                   "(default: --budget)")
+    p.add_argument("--tabular-seeds", type=int, default=None)
+    p.add_argument("--cache", default=str(pathlib.Path.home() / ".cache/structsel/jax"),
+                   help="persistent XLA compilation cache ('' to disable)")
     p.add_argument("--quick", action="store_true", help="tiny budget, 2 seeds, 3 methods")
     p.add_argument("--out", default="results/search_benchmark")
     args = p.parse_args(argv)
     if args.quick:
         args.seeds, args.budget, args.methods = 2, "tiny", "bayes,darts1,random"
+    if args.cache:
+        import jax
+        jax.config.update("jax_compilation_cache_dir", args.cache)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     budget = runner.parse_budget(args.budget)
     table = enumeration.load_table("mlp3", "digits")
     if table is None:
@@ -162,17 +179,32 @@ def main(argv=None) -> int:
         except ImportError:
             print("optuna not installed: skipping the TPE row")
             names.remove("optuna")
-    result = {"seeds": args.seeds, "budget": dataclasses.asdict(budget), "table": table,
-              "methods": bench_methods(names, seeds=args.seeds, budget=budget, table=table)}
-    if not args.no_tabular:
-        result["tabular"] = bench_tabular(budget=budget, seeds=min(args.seeds, 3))
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    md = markdown(result)
-    (out / "search_benchmark.json").write_text(json.dumps(
-        {k: v for k, v in result.items() if k != "table"}, indent=1, default=str) + "\n")
-    (out / "search_benchmark.md").write_text(md)
-    print(md)
+    result = {"seeds": args.seeds, "budget": dataclasses.asdict(budget), "table": table}
+
+    def write():
+        (out / "search_benchmark.json").write_text(json.dumps(
+            {k: v for k, v in result.items() if k != "table"}, indent=1, default=str) + "\n")
+        md = markdown(result)
+        (out / "search_benchmark.md").write_text(md)
+        return md
+
+    if not args.tabular_only:
+        result["methods"] = {}
+
+        def on_row(rows):
+            result["methods"] = dict(rows)
+            write()
+        result["methods"] = bench_methods(names, seeds=args.seeds, budget=budget, table=table,
+                                          on_row=on_row)
+    if not args.no_tabular:
+        tb = runner.parse_budget(args.tabular_budget) if args.tabular_budget else budget
+        result["tabular_budget"] = dataclasses.asdict(tb)
+        result["tabular"] = bench_tabular(
+            budget=tb, seeds=args.tabular_seeds or min(args.seeds, 3),
+            names=[n for n in args.tabular_methods.split(",") if n])
+    print(write())
     return 0
 
 
