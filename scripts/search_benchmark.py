@@ -9,6 +9,11 @@ Then one real tabular dataset (breast_cancer) against scikit-learn baselines.
 
     python scripts/search_benchmark.py [--seeds 5] [--budget default] [--out results/search_benchmark]
     python scripts/search_benchmark.py --quick      # tiny budget, 2 seeds, a few methods
+    python scripts/search_benchmark.py --methods bayes,random --no-tabular
+    python scripts/search_benchmark.py --tabular-only --tabular-methods bayes --seeds 3
+
+The JSON and markdown are rewritten after every method, so an interrupted run keeps its
+finished rows. The XLA compilation cache defaults to the CLI's (~/.cache/structsel/jax).
 """
 from __future__ import annotations
 
@@ -110,15 +115,38 @@ def bench_tabular(*, budget: runner.Budget, seeds: int, dataset: str = "breast_c
 def markdown(result: dict) -> str:
     """The tables of docs/search.md."""
     table, seeds = result["table"], result["seeds"]
-    lines = [] if "methods" in result else ["(no mlp3 x digits rows in this run)"]
-    lines += [f"Search on mlp3 x digits ({table['num_structures']} structures), {seeds} seeds, "
-             f"budget `{result['budget']['name']}`; regret / rank against the enumeration "
+    lines = []
+    if "methods" in result:
+        lines += _method_lines(result["methods"], table, seeds, result["budget"]["name"],
+                               result["budget"])
+    if "tabular" in result:
+        lines += _tabular_lines(result["tabular"])
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(s, p=4):
+    return f"{s['mean']:.{p}f} +- {s['std']:.{p}f}"
+
+
+_TRAINING = ("width", "train_steps", "learning_rate", "batch_size")
+
+
+def _method_lines(rows, table, seeds, budget_name, budget=None) -> list:
+    """The mlp3 x digits table: one row per method, then the enumeration."""
+    fmt = _fmt
+    lines = [f"Search on mlp3 x digits ({table['num_structures']} structures), {seeds} seeds, "
+             f"budget `{budget_name}`; regret / rank against the enumeration "
              "table (mean test accuracy over 3 seeds).", "",
              "| method | regret (acc.) | rank (of 125) | params | test acc. (table) | "
              "evaluations | wall time / seed (s) | zero-op fraction |",
              "|---|---|---|---|---|---|---|---|"]
-    fmt = lambda s, p=4: f"{s['mean']:.{p}f} +- {s['std']:.{p}f}"
-    for name, row in result.get("methods", {}).items():
+    tb = table["settings"]["budget"]
+    if budget is not None and any(budget[k] != tb[k] for k in _TRAINING):
+        lines[1:1] = ["", "Warning: this run's training settings ("
+                      + ", ".join(f"{k}={budget[k]}" for k in _TRAINING)
+                      + ") differ from the table's; regret, rank and params are not "
+                      "comparable with it (smoke test only)."]
+    for name, row in rows.items():
         if "regret" in row:
             lines.append(f"| {name} | {fmt(row['regret'])} | {fmt(row['rank'], 1)} | "
                          f"{fmt(row['params'], 0)} | {fmt(row['test_metric'])} | "
@@ -132,17 +160,21 @@ def markdown(result: dict) -> str:
     lines.append(f"| enumeration | 0 | 1 | {best['params']} | {best['test_mean']:.4f} | "
                  f"{table['num_structures'] * table['num_seeds']} | "
                  f"{table['settings']['wall_time_s']:.0f} (all) | - |")
-    if "tabular" in result:
-        t = result["tabular"]
-        lines += ["", f"Real tabular data: {t['dataset']} (split {t['split']}), test accuracy.",
-                  "", "| model | test acc. | params |", "|---|---|---|",
-                  f"| LogisticRegression (sklearn) | {t['logistic_regression']:.4f} | - |",
-                  f"| MLPClassifier(32) (sklearn) | {fmt(t['mlp_classifier'])} | - |"]
-        for name in ("bayes", "darts1", "random"):
-            if name in t and isinstance(t[name], dict):
-                lines.append(f"| structsel search --method {name} | "
-                             f"{fmt(t[name]['test_metric'])} | {fmt(t[name]['params'], 0)} |")
-    return "\n".join(lines) + "\n"
+    return lines
+
+
+def _tabular_lines(t) -> list:
+    """breast_cancer: scikit-learn baselines and structsel search."""
+    fmt = _fmt
+    lines = ["", f"Real tabular data: {t['dataset']} (split {t['split']}), test accuracy.",
+             "", "| model | test acc. | params |", "|---|---|---|",
+             f"| LogisticRegression (sklearn) | {t['logistic_regression']:.4f} | - |",
+             f"| MLPClassifier(32) (sklearn) | {fmt(t['mlp_classifier'])} | - |"]
+    for name in ("bayes", "darts1", "random"):
+        if name in t and isinstance(t[name], dict):
+            lines.append(f"| structsel search --method {name} | "
+                         f"{fmt(t[name]['test_metric'])} | {fmt(t[name]['params'], 0)} |")
+    return lines
 
 
 def main(argv=None) -> int:
