@@ -35,6 +35,9 @@ def test_every_method_runs_and_writes_its_workdir(method, digits, tmp_path):
     space_ops = ("zero", "identity", "linear", "dense_relu", "dense_tanh")
     assert set(summary["selected"]) == {"0->1"}
     assert summary["selected"]["0->1"] in space_ops
+    if method in GRADIENT and methods.METHODS[method].exclude_zero:
+        # DARTS' derivation rule: the zero op is never selected.
+        assert summary["selected"]["0->1"] != "zero"
     gamma = np.array(list(summary["gamma"]["0->1"].values()))
     assert gamma.shape == (5,) and np.all(gamma >= 0) and abs(gamma.sum() - 1) < 1e-4
     assert 0.0 <= summary["test_metric"] <= 1.0 and summary["num_evaluations"] >= 1

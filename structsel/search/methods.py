@@ -84,6 +84,9 @@ class GradientSearch:
     num_segments: int = 10
     log_std_floor: float = -4.0      # floor of the prior log std (Bayesian weights only)
     warmup_fraction: float = 0.0     # outer steps with the gamma-free prior N(0, A^-1)
+    # DARTS' derivation rule: the argmax ignores the zero op (a likelihood-only supernet
+    # uses gamma_zero as a free output scale, so zero would otherwise win spuriously).
+    exclude_zero: bool = False
     learn_noise: bool = False        # regression: noise std in h (evidence), else 1
 
     def check(self, *, relaxation: str | None, space: str) -> None:
@@ -147,7 +150,9 @@ class GradientSearch:
         ctx = objective.Context.create(jax.random.key(0), trainer.temperature(b.search_steps))
         final = jax.vmap(lambda s: obj.structure(s.params, s.hparams, ctx))(states)
         gamma = _stack_cell(space, final)
-        choices = np.argmax(gamma, axis=-1).astype(np.int32)
+        scores = np.where(np.arange(gamma.shape[-1]) == space.zero_op, -np.inf, gamma) \
+            if self.exclude_zero else gamma
+        choices = np.argmax(scores, axis=-1).astype(np.int32)
         rows = [{"outer_loss": float(np.mean(history["outer_loss"][:, t])),
                  "inner_loss": float(np.mean(history["inner_loss"][:, t])),
                  "temperature": float(np.mean(history["temperature"][:, t])),
@@ -155,7 +160,7 @@ class GradientSearch:
                 for t in range(history["outer_loss"].shape[1])]
         diverged = history["diverged"].any(axis=1)
         equivalent = b.equivalent_evaluations(self.grads_per_step(problem))
-        collapsed = float(np.mean(choices == space.zero_op))
+        collapsed = float(np.mean(np.argmax(gamma, axis=-1) == space.zero_op))
         return Outcome(choices, gamma, gamma_history, equivalent, rows,
                        relaxation or self.relaxation,
                        {"diverged_restarts": int(diverged.sum()),
@@ -354,11 +359,12 @@ METHODS: dict[str, Any] = {
     "bayes": GradientSearch("gumbel_softmax", weights="gaussian", coefficients=objective.elbo,
                             schedule=("exponential", 1.0, 0.3), log_std_floor=-1.0,
                             learn_noise=True),
-    "darts1": GradientSearch("softmax"),
-    "darts2": GradientSearch("softmax", hypergradient="darts"),
-    "gdas": GradientSearch("gumbel_softmax", schedule=("exponential", 10.0, 0.1)),
-    "drnas": GradientSearch("dirichlet"),
-    "logitnormal": GradientSearch("logitnormal"),
+    "darts1": GradientSearch("softmax", exclude_zero=True),
+    "darts2": GradientSearch("softmax", hypergradient="darts", exclude_zero=True),
+    "gdas": GradientSearch("gumbel_softmax", schedule=("exponential", 10.0, 0.1),
+                           exclude_zero=True),
+    "drnas": GradientSearch("dirichlet", exclude_zero=True),
+    "logitnormal": GradientSearch("logitnormal", exclude_zero=True),
     "random": RandomSearch(),
     "reinforce": Reinforce(),
     "adanet": AdaNetSearch(),
