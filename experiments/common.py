@@ -76,6 +76,19 @@ def save_figure(fig, run: Run, filename: str, args: argparse.Namespace) -> pathl
     return out
 
 
+def finish(run: Run, args: argparse.Namespace, summary: dict, figures: dict,
+           seconds: float) -> dict:
+    """Writes summary.json (with `wall_seconds`) and the figures, closes them; returns summary."""
+    import matplotlib.pyplot as plt
+
+    summary["wall_seconds"] = seconds
+    run.write_summary(summary)
+    for filename, fig in figures.items():
+        save_figure(fig, run, filename, args)
+    plt.close("all")
+    return summary
+
+
 class Timer:
     """Wall-clock timer for summary.json: `with Timer() as t: ...; t.seconds`."""
 

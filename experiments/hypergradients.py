@@ -39,7 +39,7 @@ import optax
 import tqdm
 from jax.flatten_util import ravel_pytree
 
-from experiments.common import Timer, parse, save_figure
+from experiments.common import Timer, finish, parse
 from structsel import basis, data
 from structsel.bilevel import BilevelTrainer, check_divergence
 from structsel.family import Edge, Family
@@ -223,18 +223,12 @@ def plot_errors(errors, checkpoint_steps, config):
 def main(argv=None) -> dict:
     import matplotlib
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     config, run, args = parse(Config, argv, name=NAME, description=__doc__)
     with Timer() as timer, jax.enable_x64(config.float64):
         summary = _experiment(config, run)
     figures = summary.pop("_figures")
-    summary["wall_seconds"] = timer.seconds
-    run.write_summary(summary)
-    for filename, fig in figures.items():
-        save_figure(fig, run, filename, args)
-    plt.close("all")
-    return summary
+    return finish(run, args, summary, figures, timer.seconds)
 
 
 def _experiment(config: Config, run) -> dict:

@@ -30,7 +30,7 @@ import numpy as np
 import optax
 import tqdm
 
-from experiments.common import Timer, parse, save_figure
+from experiments.common import Timer, finish, parse
 from structsel import basis, data
 from structsel.bilevel import BilevelTrainer, check_divergence
 from structsel.family import two_layer_net
@@ -106,17 +106,11 @@ def train_fixed(family, opt, steps: int, train, weights, gamma):
 def main(argv=None) -> dict:
     import matplotlib
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     config, run, args = parse(Config, argv, name=NAME, description=__doc__)
     with Timer() as timer:
         summary, figures = _experiment(config, run)
-    summary["wall_seconds"] = timer.seconds
-    run.write_summary(summary)
-    for filename, fig in figures.items():
-        save_figure(fig, run, filename, args)
-    plt.close("all")
-    return summary
+    return finish(run, args, summary, figures, timer.seconds)
 
 
 def _experiment(config: Config, run):

@@ -19,7 +19,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 def _check_run(workdir, figures_dir, summary_keys, figures):
     record = json.loads((workdir / "config.json").read_text())
     assert {"seed", "versions", "git_revision", "config"} <= set(record)
-    assert record["versions"]["jax"] is not None
+    assert record["versions"]["jax"] == jax.__version__
     summary = json.loads((workdir / "summary.json").read_text())
     assert set(summary_keys) <= set(summary), set(summary_keys) - set(summary)
     assert summary["wall_seconds"] > 0
