@@ -215,16 +215,49 @@ class Family:
     def apply(self, weights, gamma, x) -> jax.Array:
         """f(w, x) = f_{|V|-1} with f_v = agg_v({sum_l gamma^{j,v}_l g^{j,v}_l(f_j)}); any gamma in the cube."""
         self._check_gamma(gamma)
+
+        def mix(e, z):
+            return functools.reduce(operator.add, [
+                gamma[e][l] * op.apply(weights[e][l], z) for l, op in enumerate(self.edges[e].ops)])
+        return self._forward(weights, mix, x)
+
+    def apply_vertex(self, weights, choice, x) -> jax.Array:
+        """f(w, x) at the simplex vertex gamma^e = e_{a_e}, a = `choice` (int array (E,)).
+
+        Equals `apply(weights, vertex_gamma(choice), x)`, but computes only the chosen op
+        g^e_{a_e} of each edge (`lax.switch`), so a batch of structures run one after the
+        other (`lax.map`) costs the discrete models' compute, not the supernet's. Under
+        `vmap` over `choice` the switch becomes a select and every op is computed again.
+        """
+        if jnp.shape(choice) != (self.num_edges,):
+            raise ValueError(f"choice must have shape ({self.num_edges},) (one op index per edge), "
+                             f"got {jnp.shape(choice)}")
+        if not jnp.issubdtype(jnp.result_type(choice), jnp.integer):
+            raise ValueError(f"choice must be an integer array, got dtype {jnp.result_type(choice)}")
+        try:
+            concrete = np.asarray(choice)
+        except jax.errors.TracerArrayConversionError:
+            concrete = None  # traced: lax.switch clamps the index, the caller owns the range
+        if concrete is not None:
+            for e, (a, k) in enumerate(zip(concrete, self.num_ops)):
+                if not 0 <= a < k:
+                    raise ValueError(f"choice[{e}] = {int(a)} out of range 0..{k - 1} for edge {e}")
+
+        def pick(e, z):
+            ops = self.edges[e].ops
+            if len(ops) == 1:
+                return ops[0].apply(weights[e][0], z)
+            branches = [functools.partial(op.apply, weights[e][l]) for l, op in enumerate(ops)]
+            return jax.lax.switch(choice[e], branches, z)
+        return self._forward(weights, pick, x)
+
+    def _forward(self, weights, edge_fn, x) -> jax.Array:
+        """f_v = agg_v({edge_fn(e, f_src(e)) : e into v}) in topological order; returns f_{|V|-1}."""
         if len(weights) != self.num_edges:
             raise ValueError(f"weights must have one entry per edge ({self.num_edges}), got {len(weights)}")
         f = [x]
         for v in range(1, self.num_vertices):
-            outs = []
-            for e in self.in_edges[v]:
-                edge, g = self.edges[e], gamma[e]
-                z = f[edge.src]
-                outs.append(functools.reduce(operator.add, [
-                    g[l] * op.apply(weights[e][l], z) for l, op in enumerate(edge.ops)]))
+            outs = [edge_fn(e, f[self.edges[e].src]) for e in self.in_edges[v]]
             f.append(AGGREGATIONS[self.aggregation[v - 1]].combine(outs))
         return f[-1]
 

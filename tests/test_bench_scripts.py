@@ -129,3 +129,15 @@ def test_bench_torch_tiny(tmp_path):
         # to float32 rounding amplified by the solver (1e-3 relative).
         assert abs(r["structsel_rel_error"] - r["torch_rel_error"]) < 1e-3
         assert r["structsel_s"] > 0 and r["torch_s"] > 0
+
+
+def test_bench_enumeration_tiny(tmp_path):
+    _, result = _run("bench_enumeration", tmp_path)
+    _check_machine(result, "enumeration")
+    assert [(r["space"], r["dataset"]) for r in result["rows"]] == [("mlp3", "digits"),
+                                                                   ("conv1d3", "mnist1d")]
+    for r in result["rows"]:
+        assert r["vmap_per_training_s"] > 0 and r["map_per_training_s"] > 0
+        assert r["ratio_vmap_over_map"] == pytest.approx(
+            r["vmap_per_training_s"] / r["map_per_training_s"], rel=1e-9)
+        assert len(r["samples"]["vmap"]) == len(r["samples"]["map"]) == 3

@@ -138,6 +138,41 @@ def test_simplex_vertices_match_discrete_model(make, xfn):
         assert sub.num_ops == (1,) * fam.num_edges
 
 
+@pytest.mark.parametrize("make,xfn", [(_mlp_cell, _x_vec), (_conv_cell, _x_seq)], ids=["mlp", "conv1d"])
+def test_apply_vertex_equals_apply_at_the_one_hot_gamma(make, xfn):
+    """Oracle: apply(w, e_a, x), which computes every op and weights all but one by 0.
+    float32 and, per edge, 1 * g_a(z) + sum of exact zeros = g_a(z): equal to TOL_VERTEX,
+    outputs and weight gradients, with the choice traced under jit (lax.switch)."""
+    fam, x = make(), xfn()
+    w = _perturb(fam.init(jax.random.key(1), x), jax.random.key(2))
+    at_vertex = jax.jit(fam.apply_vertex)
+    grad_vertex = jax.jit(jax.grad(lambda w, a: jnp.sum(fam.apply_vertex(w, a, x) ** 2)))
+    grad_mixed = jax.jit(jax.grad(lambda w, g: jnp.sum(fam.apply(w, g, x) ** 2)))
+    rng = np.random.default_rng(1)
+    for _ in range(4):
+        idx = np.array([int(rng.integers(k)) for k in fam.num_ops], np.int32)
+        gamma = fam.vertex_gamma(idx)
+        np.testing.assert_allclose(at_vertex(w, idx, x), fam.apply(w, gamma, x), atol=TOL_VERTEX)
+        np.testing.assert_allclose(fam.apply_vertex(w, idx, x), fam.apply(w, gamma, x), atol=TOL_VERTEX)
+        gv, gm = grad_vertex(w, idx), grad_mixed(w, gamma)
+        for a, b in zip(jax.tree.leaves(gv), jax.tree.leaves(gm)):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+        # unchosen ops get exactly zero gradient (the switch never runs them)
+        for e, a in enumerate(idx):
+            for l, g_l in enumerate(gv[e]):
+                if l != a:
+                    assert all(not np.any(leaf) for leaf in jax.tree.leaves(g_l))
+    with pytest.raises(ValueError, match=r"choice must have shape \(%d,\)" % fam.num_edges):
+        fam.apply_vertex(w, np.zeros(2, np.int32), x)
+    with pytest.raises(ValueError, match="choice must be an integer array"):
+        fam.apply_vertex(w, np.zeros(fam.num_edges), x)
+    bad = np.zeros(fam.num_edges, np.int32)
+    bad[1] = fam.num_ops[1]
+    with pytest.raises(ValueError, match=r"choice\[1\] = %d out of range 0\.\.%d for edge 1"
+                       % (fam.num_ops[1], fam.num_ops[1] - 1)):
+        fam.apply_vertex(w, bad, x)
+
+
 def test_vertices_of_two_layer_net_and_glm():
     fam = family.glm_family(12)
     x = jax.random.normal(jax.random.key(0), (6, 12))

@@ -1,0 +1,89 @@
+"""Throughput of from-scratch structure training: vmapped supernet vs lax.map + lax.switch.
+
+`enumeration.train_structures` trains a batch of discrete structures (seeds vmapped) in
+one of two ways: the supernet at each one-hot Gamma with `jax.vmap` over structures
+(every op of every edge is computed and all but one weighted by 0), or `lax.map` over
+structures with `Family.apply_vertex` (`lax.switch` runs only the chosen op). Both train
+the same models (tests/test_enumeration.py); this script measures what each costs per
+training of `train_steps` AdamW steps, on mlp3 x digits (budget `default`) and conv1d3 x
+mnist1d (budget `mnist1d`), the settings of the committed enumeration tables, and prints
+the ratio vmap / map (> 1: the switch path is faster). Also the compile times.
+
+    python scripts/bench_enumeration.py [--quick] [--device cpu|gpu] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import numpy as np  # noqa: E402
+
+import _bench  # noqa: E402
+
+CASES = (("mlp3", "digits", "default"), ("conv1d3", "mnist1d", "mnist1d"))
+
+
+def measure(args, space_name: str, dataset: str, budget_name: str) -> dict:
+    """Compile and time both strategies on the same structures, seeds and data."""
+    import jax
+    import jax.numpy as jnp
+
+    from structsel.search import enumeration, runner
+
+    structures, seeds, steps = _bench.pick(args, tiny=(2, 1, 5), quick=(8, 3, 50),
+                                           full=(16, 3, 100))
+    overrides = f",train_steps={steps}" + (",mnist1d_samples=400" if args.mode == "tiny" else "")
+    budget = runner.parse_budget(budget_name + overrides)
+    ds = runner.load_data(dataset=dataset, data=None, target=None, task=None, split_seed=0,
+                          budget=budget)
+    problem = runner.make_problem(ds, space_name, budget)
+    space, cfg = problem.space, budget.train
+    rng = np.random.default_rng(0)
+    all_choices = np.asarray(space.discrete.enumerate())
+    choices = all_choices[rng.choice(len(all_choices), structures, replace=False)]
+    keys = jax.random.split(runner.prng_key(0), seeds)
+    fn = jax.jit(lambda s, k, d: enumeration.train_structures(space.family, problem.task, cfg,
+                                                              s, d, keys=k))
+    inputs = {"vmap": space.gamma(choices), "map": jnp.asarray(space.vertex(choices))}
+    compiled, compile_s = {}, {}
+    for name, s in inputs.items():
+        compiled[name], compile_s[name] = _bench.compile_seconds(fn, s, keys, problem.data)
+    samples = _bench.interleaved(
+        {name: (lambda c=compiled[name], s=inputs[name]: c(s, keys, problem.data))
+         for name in inputs}, repeats=args.repeats)
+    trainings = structures * seeds
+    t = {name: _bench.median(samples[name]) for name in inputs}
+    return {"space": space_name, "dataset": dataset, "budget": budget_name,
+            "structures": structures, "seeds": seeds, "train_steps": steps,
+            "vmap_per_training_s": t["vmap"] / trainings, "map_per_training_s": t["map"] / trainings,
+            "ratio_vmap_over_map": _bench.ratio(t["vmap"], t["map"]),
+            "compile_vmap_s": compile_s["vmap"], "compile_map_s": compile_s["map"],
+            "samples": samples}
+
+
+def main(argv=None) -> dict:
+    args = _bench.parse(_bench.parser(__doc__.splitlines()[0]), argv)
+    if args.mode != "full" and args.repeats > 3:
+        args.repeats = 3  # each sample is a whole batch of trainings (seconds)
+    with _bench.on_device(args.device):
+        rows = [measure(args, *case) for case in CASES]
+        info = _bench.machine(args.device)
+    s = _bench.fmt_seconds
+    print(_bench.table([{**r, "vmap_per_training_s": s(r["vmap_per_training_s"]),
+                         "map_per_training_s": s(r["map_per_training_s"]),
+                         "compile_vmap_s": s(r["compile_vmap_s"]),
+                         "compile_map_s": s(r["compile_map_s"])} for r in rows],
+                       ["space", "dataset", "structures", "seeds", "train_steps",
+                        "vmap_per_training_s", "map_per_training_s", "ratio_vmap_over_map",
+                        "compile_vmap_s", "compile_map_s"],
+                       title="one from-scratch training: vmapped supernet vs lax.map + switch"))
+    result = {"benchmark": "enumeration", "mode": args.mode, "machine": info, "rows": rows}
+    _bench.write_json(args.out, result)
+    return result
+
+
+if __name__ == "__main__":
+    main()
