@@ -41,6 +41,30 @@ def test_vmapped_enumeration_equals_looped_training():
     assert np.unique(np.round(np.asarray(batched["val_metric"][:, 0]), 5)).size > 2
 
 
+@pytest.mark.parametrize("space_name", ["mlp1", "conv1d3"])
+def test_mapped_vertex_training_equals_vmapped_supernet_training(space_name):
+    """Oracle: the vmapped supernet at each one-hot Gamma (every op computed, all but one
+    weighted by 0). The choices path (lax.map + lax.switch, only the chosen op run) does
+    the same AdamW steps; float32, reassociated reductions -> 1e-4 relative after 6 steps."""
+    space = spaces.build_space(space_name, num_outputs=1, width=3)
+    data, task = _regression_splits(2, d=6), Regression(target_std=2.0)
+    if space.layout == "sequence":
+        data = Splits(*(space.prepare(a) if i % 2 == 0 else a for i, a in enumerate(data)))
+    config = TrainConfig(steps=6, learning_rate=3e-2, batch_size=16)
+    choices = np.asarray(space.discrete.enumerate())
+    if len(choices) > 12:
+        choices = choices[np.random.default_rng(0).choice(len(choices), 12, replace=False)]
+    keys = jax.random.split(jax.random.key(4), 2)
+    run = jax.jit(lambda s, k: enumeration.train_structures(space.family, task, config, s, data,
+                                                            keys=k))
+    vmapped = run(space.gamma(choices), keys)
+    mapped = run(jnp.asarray(space.vertex(choices)), keys)
+    for name in ("train_loss", "val_metric", "test_metric"):
+        assert mapped[name].shape == (len(choices), 2)
+        np.testing.assert_allclose(mapped[name], vmapped[name], rtol=1e-4, atol=1e-5)
+    assert np.unique(np.round(np.asarray(mapped["val_metric"][:, 0]), 4)).size > 2
+
+
 def test_training_at_a_vertex_trains_the_discrete_model():
     """Oracle: the stand-alone discrete model (family.discrete_model) trained from the same
     initial weights with the same AdamW steps ends at the same outputs as the supernet at
@@ -116,3 +140,27 @@ def test_committed_tables_are_complete(space_name, dataset):
         assert 0.0 <= r["test_mean"] <= 1.0 and r["params"] > 0
     # The best structure beats chance (10 classes) by far: the table is not noise.
     assert max(r["test_mean"] for r in table["rows"]) > 0.5
+
+
+def test_table_lookup_answers_with_one_stored_seed():
+    table = _hand_table()
+    lookup = enumeration.TableLookup(table)
+    choices = np.array([[0, 1]] * 4000 + [[1, 0]])
+    rewards = lookup.reward(choices, key=jax.random.key(0))
+    # structure [0, 1] has seeds (0.6, 0.8): every answer is one of them, each ~half the
+    # time (binomial, n = 4000: 5 standard deviations = 0.04).
+    assert set(np.round(rewards[:-1], 6)) == {0.6, 0.8}
+    assert abs(np.mean(rewards[:-1] == 0.6) - 0.5) < 0.04
+    assert rewards[-1] in (0.94, 0.96) and lookup.count == 4001
+    # same key, same answers (reproducible); another key, other answers
+    np.testing.assert_array_equal(lookup.reward(choices, key=jax.random.key(0)), rewards)
+    assert not np.array_equal(lookup.reward(choices, key=jax.random.key(1)), rewards)
+    # lower is better (RMSE): rewards are -metric, so larger is still better
+    low = enumeration.TableLookup(_hand_table(higher_is_better=False))
+    assert low.reward(np.array([[1, 1]]), key=jax.random.key(0))[0] == pytest.approx(-0.7)
+    with pytest.raises(ValueError, match=r"choice \[2, 0\] is not a structure"):
+        lookup.reward(np.array([[2, 0]]), key=jax.random.key(0))
+    old = {**table, "rows": [{k: v for k, v in r.items() if k not in ("val", "test")}
+                             for r in table["rows"]]}
+    with pytest.raises(ValueError, match="no per-seed values"):
+        enumeration.TableLookup(old)

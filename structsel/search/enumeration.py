@@ -118,18 +118,29 @@ class TrainConfig:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
 
 
-def fit(family, task, config: TrainConfig, gamma, weights, data: Splits, *, key):
+def forward(family, structure):
+    """(w, x) -> f(w, x) at a fixed `structure`: a Gamma (tuple over edges of arrays (K_e,),
+    any point of the cube, `Family.apply`) or a vertex choice (int array (E,), one op index
+    per edge, `Family.apply_vertex`: only the chosen ops are computed)."""
+    if isinstance(structure, (tuple, list)):
+        return lambda w, x: family.apply(w, structure, x)
+    return lambda w, x: family.apply_vertex(w, structure, x)
+
+
+def fit(family, task, config: TrainConfig, structure, weights, data: Splits, *, key):
     """AdamW on the training loss at a fixed structure Gamma, from `weights`.
 
     w_{t+1} = AdamW(w_t, grad_w loss(f(w_t, Gamma, x_B), y_B)), minibatches B_t drawn with
-    fold_in(key, t) (full batch if config.batch_size is None). Returns (weights, losses).
+    fold_in(key, t) (full batch if config.batch_size is None). `structure`: a Gamma or a
+    vertex choice (see `forward`). Returns (weights, losses).
     """
     opt = optax.adamw(config.learning_rate, weight_decay=config.weight_decay)
     n = data.x_train.shape[0]
     batch = config.batch_size if config.batch_size is not None and config.batch_size < n else None
+    apply = forward(family, structure)
 
     def loss_fn(w, x, y):
-        return task.loss(family.apply(w, gamma, x), y)
+        return task.loss(apply(w, x), y)
 
     def body(carry, step):
         w, opt_state = carry
@@ -147,27 +158,37 @@ def fit(family, task, config: TrainConfig, gamma, weights, data: Splits, *, key)
     return weights, losses
 
 
-def train_structure(family, task, config: TrainConfig, gamma, data: Splits, *, key):
-    """Trains the discrete model at vertex `gamma` from scratch (w_0 ~ init(key)); its metrics.
+def train_structure(family, task, config: TrainConfig, structure, data: Splits, *, key):
+    """Trains the discrete model at a vertex from scratch (w_0 ~ init(key)); its metrics.
 
+    `structure`: the vertex as a one-hot Gamma or as a choice (see `forward`).
     Returns {"train_loss", "val_metric", "test_metric"} (scalars).
     """
     k_init, k_batch = jax.random.split(key)
     weights = family.init(k_init, data.x_train[:1])
-    weights, losses = fit(family, task, config, gamma, weights, data, key=k_batch)
+    weights, losses = fit(family, task, config, structure, weights, data, key=k_batch)
+    apply = forward(family, structure)
     return {"train_loss": losses[-1],
-            "val_metric": task.metric(family.apply(weights, gamma, data.x_val), data.y_val),
-            "test_metric": task.metric(family.apply(weights, gamma, data.x_test), data.y_test)}
+            "val_metric": task.metric(apply(weights, data.x_val), data.y_val),
+            "test_metric": task.metric(apply(weights, data.x_test), data.y_test)}
 
 
-def train_structures(family, task, config: TrainConfig, gammas, data: Splits, *, keys):
-    """`train_structure` vmapped over vertices (leading axis of every gamma leaf) and `keys`.
+def train_structures(family, task, config: TrainConfig, structures, data: Splits, *, keys):
+    """`train_structure` over a batch of vertices and `keys`; metrics (num_structures, num_seeds).
 
-    Returns metrics of shape (num_structures, num_seeds).
+    `structures` is either Gamma with a leading batch axis on every leaf (the supernet at
+    each vertex, `jax.vmap` over structures: every op of every edge is computed), or
+    choices, an int array (num_structures, E) (`lax.map` over structures and
+    `Family.apply_vertex`: only the chosen op of each edge is computed, K_e times fewer
+    FLOPs per edge where the ops cost alike). Seeds are vmapped in both. Same numbers up
+    to float reassociation (tested).
     """
-    def per_structure(gamma):
-        return jax.vmap(lambda k: train_structure(family, task, config, gamma, data, key=k))(keys)
-    return jax.vmap(per_structure)(gammas)
+    def per_structure(structure):
+        return jax.vmap(lambda k: train_structure(family, task, config, structure, data,
+                                                  key=k))(keys)
+    if isinstance(structures, (tuple, list)):
+        return jax.vmap(per_structure)(tuple(structures))
+    return jax.lax.map(per_structure, jnp.asarray(structures))
 
 
 # --- enumeration tables -------------------------------------------------------------------
@@ -180,7 +201,8 @@ def table_path(space: str, dataset: str) -> pathlib.Path:
 def make_table(*, space: str, dataset: str, op_names: Sequence[Sequence[str]], choices,
                params, val, test, higher_is_better: bool, settings: dict,
                command: str) -> dict:
-    """The table dict: one row per structure with params and mean / std over seeds.
+    """The table dict: one row per structure with params, mean / std over seeds and the
+    per-seed values (`val`, `test`: what a tabular benchmark returns for one query).
 
     `val`, `test`: arrays (num_structures, num_seeds); `choices`: (num_structures, num_edges).
     """
@@ -191,7 +213,8 @@ def make_table(*, space: str, dataset: str, op_names: Sequence[Sequence[str]], c
                      "ops": [op_names[e][int(c)] for e, c in enumerate(choice)],
                      "params": int(params[i]),
                      "val_mean": float(val[i].mean()), "val_std": float(val[i].std()),
-                     "test_mean": float(test[i].mean()), "test_std": float(test[i].std())})
+                     "test_mean": float(test[i].mean()), "test_std": float(test[i].std()),
+                     "val": [float(v) for v in val[i]], "test": [float(v) for v in test[i]]})
     return {"space": space, "dataset": dataset, "higher_is_better": bool(higher_is_better),
             "num_structures": len(rows), "num_seeds": int(val.shape[1]),
             "settings": settings, "command": command, "rows": rows}
@@ -232,3 +255,36 @@ def regret_and_rank(table: dict, choice: Sequence[int]) -> dict:
             "table_test_metric": float(rows[match[0]]["test_mean"]),
             "best_test_metric": float(sign * scores.max()),
             "num_structures": len(rows)}
+
+
+class TableLookup:
+    """A tabular benchmark (NAS-Bench-201 style) over an enumeration table.
+
+    Answers the black-box query of the search baselines, `reward(choices, key=)`, with the
+    stored validation metric of one of the table's seeds, drawn uniformly per query: the
+    same distribution as training the structure from scratch with a fresh seed, restricted
+    to the seeds the table holds, at no training cost. Rewards are the metric (accuracy) or
+    -metric (RMSE), larger is better, as `runner.Evaluator.reward` returns them.
+    """
+
+    def __init__(self, table: dict):
+        rows = table["rows"]
+        if any("val" not in r for r in rows):
+            raise ValueError(f"table {table['space']} x {table['dataset']} has no per-seed "
+                             "values (key 'val'); regenerate it with structsel enumerate")
+        self.table, self.count = table, 0
+        self._sign = 1.0 if table["higher_is_better"] else -1.0
+        self._index = {tuple(r["choice"]): i for i, r in enumerate(rows)}
+        self._val = np.array([r["val"] for r in rows], dtype=np.float64)
+
+    def reward(self, choices, *, key) -> np.ndarray:
+        """sign * val metric of seed s_i ~ U{0..S-1} for every structure a_i of `choices`."""
+        choices = np.asarray(choices)
+        try:
+            rows = np.array([self._index[tuple(int(c) for c in a)] for a in choices])
+        except KeyError as err:
+            raise ValueError(f"choice {list(err.args[0])} is not a structure of the table "
+                             f"{self.table['space']} x {self.table['dataset']}") from None
+        seeds = np.asarray(jax.random.randint(key, (len(rows),), 0, self._val.shape[1]))
+        self.count += len(rows)
+        return self._sign * self._val[rows, seeds]

@@ -85,6 +85,18 @@ BUDGETS = {
 }
 
 
+# Budget fields that decide what a from-scratch training measures: a search is scored
+# against a table like for like only when they equal the table's.
+TABLE_FIELDS = ("width", "train_steps", "learning_rate", "batch_size")
+
+
+def table_matches(table: dict, budget: Budget) -> bool:
+    """Whether `budget` trains structures as the enumeration `table` did (same data size too)."""
+    fields = TABLE_FIELDS + (("mnist1d_samples",) if table.get("dataset") == "mnist1d" else ())
+    stored = table.get("settings", {}).get("budget", {})
+    return all(stored.get(k) == getattr(budget, k) for k in fields)
+
+
 def default_budget(dataset: str) -> str:
     """The preset used when none is given: 'mnist1d' for mnist1d, else 'default'."""
     return "mnist1d" if dataset == "mnist1d" else "default"
@@ -216,12 +228,13 @@ def make_problem(ds: data_lib.Dataset, space_name: str, budget: Budget) -> Probl
 def _compiled_trainer(family, task, config: TrainConfig):
     """jit(train_structures) per (family, task, config), cached across runs. The data is an
     argument, not a closed-over constant: smaller programs, one compilation for all runs."""
-    return jax.jit(lambda gammas, keys, data: train_structures(family, task, config, gammas,
-                                                               data, keys=keys))
+    return jax.jit(lambda structures, keys, data: train_structures(
+        family, task, config, structures, data, keys=keys))
 
 
 class Evaluator:
-    """Trains structures from scratch, vmapped over structures x seeds, jitted per batch size.
+    """Trains structures from scratch, structures one after the other (`lax.map`, only the
+    chosen op of each edge computed) x seeds vmapped, jitted per batch size.
 
     `__call__(choices, keys)` returns {"val_metric", "test_metric", "train_loss"} as numpy
     arrays (num_structures, num_seeds); `count` is the number of (structure, seed) trainings.
@@ -244,7 +257,7 @@ class Evaluator:
         for s in starts:
             part = choices[s:s + size]
             padded = np.concatenate([part, np.repeat(part[-1:], size - len(part), 0)])
-            out = self._fn(self.problem.space.gamma(padded), keys, self.problem.data)
+            out = self._fn(self.problem.space.vertex(padded), keys, self.problem.data)
             outs.append({k: np.asarray(v)[:len(part)] for k, v in out.items()})
         self.count += n * int(np.shape(keys)[0])
         return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
@@ -266,7 +279,8 @@ def _fmt(value) -> str:
 def format_summary(summary: dict) -> str:
     """The final table printed by `structsel search`."""
     keys = ["dataset", "space", "method", "seed", "selected", "params", "val_metric",
-            "test_metric", "regret", "rank", "num_evaluations", "wall_time_s", "workdir"]
+            "test_metric", "regret", "rank", "table_matches_budget", "num_evaluations",
+            "wall_time_s", "workdir"]
     rows = [(k, summary[k]) for k in keys if k in summary]
     rows = [(k, ", ".join(f"{e}: {o}" for e, o in v.items()) if isinstance(v, dict) else _fmt(v))
             for k, v in rows]
@@ -359,6 +373,7 @@ def _retrain_selected(problem, evaluator, outcome, run, config, key, base) -> di
     table = enumeration.load_table(space.name, problem.dataset) if config.data is None else None
     if table is not None:
         summary.update(enumeration.regret_and_rank(table, choice))
+        summary["table_matches_budget"] = table_matches(table, config.budget)
         summary["restart_regrets"] = [enumeration.regret_and_rank(table, c)["regret"]
                                       for c in np.asarray(outcome.choices)]
         summary["table"] = str(enumeration.table_path(space.name, problem.dataset))
@@ -386,9 +401,9 @@ def run_enumeration(*, space: str, dataset: str, seeds: int = 3, seed: int = 0,
                          "enumerate spaces with at most 4096")
     start = time.perf_counter()
     choices = np.asarray(problem.space.discrete.enumerate())
+    params = problem.space.all_num_params(choices, np.asarray(problem.data.x_train))
     keys = jax.random.split(prng_key(seed), seeds)
     scores = Evaluator(problem, progress=progress)(choices, keys)
-    params = problem.space.all_num_params(choices, np.asarray(problem.data.x_train))
     command = (f"structsel enumerate --space {space} --dataset {dataset} --seeds {seeds} "
                f"--seed {seed} --budget {b.name}" + "".join(
                    f",{k}={v}" for k, v in dataclasses.asdict(b).items()

@@ -101,21 +101,30 @@ class Space:
         """Simplex vertex of each structure: full Gamma, batched over leading axes of choices."""
         return self.embed(self.discrete.to_gamma(jnp.asarray(choices)))
 
+    def vertex(self, choices) -> np.ndarray:
+        """Choices over every family edge (op 0 on single-op edges), for `Family.apply_vertex`;
+        batched over leading axes of `choices` (num_searchable_edges last)."""
+        choices = np.asarray(choices, np.int32)
+        full = np.zeros(choices.shape[:-1] + (self.family.num_edges,), np.int32)
+        full[..., list(self.searchable_edges)] = choices
+        return full
+
     def selected(self, choice) -> dict[str, str]:
         """{'j->k': op name} of a structure."""
         return {label: self.op_names[int(c)] for label, c in zip(self.edge_labels, choice)}
 
     def num_params(self, choice, x) -> int:
-        """Weights of the discrete model: stem + kept ops on live vertices + readout."""
-        shapes = jax.eval_shape(lambda k: self.family.init(k, self.prepare(x[:1])),
-                                jax.random.key(0))
+        """Weights of the discrete model: stem + kept ops on live vertices + readout.
+
+        `x`: model inputs as the family takes them (already `prepare`d, e.g. Problem.data).
+        """
+        shapes = jax.eval_shape(lambda k: self.family.init(k, x[:1]), jax.random.key(0))
         gamma = tuple(np.asarray(g) for g in self.gamma(np.asarray(choice)))
         return int(self.family.num_params(shapes, gamma))
 
     def all_num_params(self, choices, x) -> np.ndarray:
-        """`num_params` of every row of `choices` (int array)."""
-        shapes = jax.eval_shape(lambda k: self.family.init(k, self.prepare(x[:1])),
-                                jax.random.key(0))
+        """`num_params` of every row of `choices` (int array); `x` as for `num_params`."""
+        shapes = jax.eval_shape(lambda k: self.family.init(k, x[:1]), jax.random.key(0))
         gammas = [np.asarray(g) for g in self.gamma(np.asarray(choices))]
         return np.array([self.family.num_params(shapes, tuple(g[i] for g in gammas))
                          for i in range(len(choices))], dtype=np.int64)
