@@ -68,16 +68,14 @@ def test_retrain_missing_structure_is_exit_code_2(tmp_path, capsys):
     assert code == 2 and err.count("\n") == 1 and "structure file not found" in err
 
 
-def test_optuna_missing_or_usable(tmp_path, capsys):
-    # optuna is an optional extra: without it the method is refused with one clear line.
-    try:
-        import optuna  # noqa: F401
-    except ImportError:
-        code = cli.main(["search", "--method", "optuna", "--workdir", str(tmp_path / "o")])
-        err = capsys.readouterr().err
-        assert code == 2 and "pip install optuna" in err and "Traceback" not in err
-    else:
-        pytest.skip("optuna is installed; covered by the smoke runs")
+def test_optuna_missing_is_one_clear_line(tmp_path, capsys, monkeypatch):
+    # optuna is an optional extra: without it the method is refused with one clear line,
+    # before anything runs. sys.modules[name] = None makes `import optuna` raise ImportError.
+    monkeypatch.setitem(sys.modules, "optuna", None)
+    code = cli.main(["search", "--method", "optuna", "--workdir", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "pip install optuna" in err
+    assert "Traceback" not in err and not (tmp_path / "o").exists()
 
 
 def test_console_script_exit_code_in_a_subprocess(tmp_path):
