@@ -240,8 +240,39 @@ class _Conv(nn.Module):
             raise ValueError(f"conv with kernel {self.kernel_size} expects inputs of rank "
                              f"{len(self.kernel_size) + 2} (n, spatial..., channels), got shape {z.shape}")
         conv = nn.Conv(self.features, self.kernel_size, strides=self.stride, padding="SAME",
-                       kernel_dilation=self.dilation, name="conv")
+                       kernel_dilation=self.dilation, conv_general_dilated=_patch_conv,
+                       name="conv")
         return ACTIVATIONS[self.activation](conv(z))
+
+
+def _shifts(z: jax.Array, window: tuple[int, ...], fill: float) -> list[jax.Array]:
+    """The prod(window) shifted copies z[:, i + o - low] of a "SAME"-padded (n, spatial..., c)
+    input, one per window offset o (row-major), padding value `fill`."""
+    low = [(k - 1) // 2 for k in window]
+    pads = [(0, 0)] + [(lo, k - 1 - lo) for lo, k in zip(low, window)] + [(0, 0)]
+    zp = jnp.pad(z, pads, constant_values=fill)
+    spatial = z.shape[1:-1]
+    return [zp[(slice(None),) + tuple(slice(o, o + n) for o, n in zip(offset, spatial))]
+            for offset in np.ndindex(*window)]
+
+
+def _patch_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                dimension_numbers=None, feature_group_count=1, precision=None):
+    """`lax.conv_general_dilated` for flax's channels-last layout: stride 1, "SAME", no
+    dilation or groups as one matmul over patches, y = [z_{i+o}]_o @ W.reshape(-1, c_out);
+    any other case goes to lax. Same numbers as lax (tested), but `vmap` over weights
+    batches it as a batched matmul instead of a grouped convolution, which XLA:CPU runs
+    several times slower (scripts/bench_enumeration.py)."""
+    ones = lambda t: t is None or all(v == 1 for v in t)  # noqa: E731
+    if not (padding == "SAME" and ones(window_strides) and ones(lhs_dilation)
+            and ones(rhs_dilation) and feature_group_count == 1):
+        return jax.lax.conv_general_dilated(
+            lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
+            rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
+            feature_group_count=feature_group_count, precision=precision)
+    window = rhs.shape[:-2]
+    patches = jnp.concatenate(_shifts(lhs, window, 0.0), axis=-1)
+    return jnp.matmul(patches, rhs.reshape(-1, rhs.shape[-1]), precision=precision)
 
 
 class _Readout(nn.Module):
@@ -261,6 +292,10 @@ def _pool(z: jax.Array, kind: str, window: tuple[int, ...], stride: tuple[int, .
                          f"(n, spatial..., channels), got shape {z.shape}")
     if kind == "avg_pool":  # DARTS convention: padded cells are not counted
         return nn.avg_pool(z, window, stride, padding="SAME", count_include_pad=False)
+    if all(s == 1 for s in stride):
+        # max over the window's shifted copies: elementwise, so vmap over a batch of inputs
+        # stays cheap (XLA:CPU's batched reduce_window gradient is ~4x slower per element).
+        return functools.reduce(jnp.maximum, _shifts(z, window, -jnp.inf))
     return nn.max_pool(z, window, stride, padding="SAME")
 
 

@@ -259,9 +259,19 @@ class BilevelTrainer:
                                            length=num_steps)
         return state, history
 
-    def run_many(self, states: BilevelState, train_batch, val_batch, num_steps: int):
-        """``run`` vmapped over a batch of states (restarts/seeds, e.g. from init_many)."""
-        return jax.vmap(lambda s: self.run(s, train_batch, val_batch, num_steps))(states)
+    def run_many(self, states: BilevelState, train_batch, val_batch, num_steps: int, *,
+                 batching: str = "vmap"):
+        """``run`` over a batch of states (restarts/seeds, e.g. from init_many).
+
+        ``batching="vmap"`` runs them as one vectorised program (the default: what an
+        accelerator wants); ``"map"`` one after the other in ``lax.map`` (same numbers, one
+        program; faster on a CPU for conv supernets, whose vmapped kernels XLA:CPU batches
+        poorly: docs/performance.md).
+        """
+        if batching not in ("vmap", "map"):
+            raise ValueError(f"batching must be one of ('vmap', 'map'), got {batching!r}")
+        one = lambda s: self.run(s, train_batch, val_batch, num_steps)  # noqa: E731
+        return jax.vmap(one)(states) if batching == "vmap" else jax.lax.map(one, states)
 
     def fit(self, state: BilevelState, train_batch, val_batch, num_steps: int, *,
             run_fn: Callable | None = None):

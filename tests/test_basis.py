@@ -128,6 +128,43 @@ def test_pools_match_reference(window):
         assert basis.max_pool((3, 3), stride=2).apply({}, x2).shape == (2, 3, 4, 3)
 
 
+def test_fast_conv_and_max_pool_equal_lax_and_flax_with_gradients_under_vmap():
+    """The patch-matmul convolution and the shifted-maxima max pool (stride 1) against
+    lax.conv_general_dilated and flax nn.max_pool: values and gradients (w.r.t. weights
+    and inputs), vmapped over a batch of weight sets and inputs as the search runs them.
+    float64, continuous inputs (no ties for the max): summation order only, 1e-10."""
+    import flax.linen as nn
+    with jax.enable_x64(True):
+        z2 = jax.random.normal(jax.random.key(0), (3, 2, 9, 5, 4))  # (batch, n, h, w, c)
+        z1 = z2[:, :, :, 0, :]                                        # (batch, n, length, c)
+        for spec, ref_fn, x in [
+            (basis.conv1d(6, 5, "tanh"), lambda p, x: jnp.tanh(jax.lax.conv_general_dilated(
+                x, p["conv"]["kernel"], (1,), "SAME", dimension_numbers=("NWC", "WIO", "NWC"))
+                + p["conv"]["bias"]), z1),
+            (basis.conv2d(6, 3), lambda p, x: jax.lax.conv_general_dilated(
+                x, p["conv"]["kernel"], (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+                + p["conv"]["bias"], z2),
+            (basis.max_pool(3), lambda p, x: nn.max_pool(x, (3,), (1,), padding="SAME"), z1),
+            (basis.max_pool((3, 2)), lambda p, x: nn.max_pool(x, (3, 2), (1, 1), padding="SAME"), z2),
+        ]:
+            params = jax.vmap(lambda k: _params64(spec, k, x[0]))(jax.random.split(jax.random.key(1), 3))
+            loss = lambda f: lambda p, xx: jnp.sum(jnp.sin(f(p, xx)))  # noqa: E731
+            ours = jax.vmap(jax.value_and_grad(loss(spec.apply), argnums=(0, 1)))(params, x)
+            ref = jax.vmap(jax.value_and_grad(loss(ref_fn), argnums=(0, 1)))(params, x)
+            for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(ref)):
+                np.testing.assert_allclose(a, b, atol=TOL, err_msg=spec.label)
+    # the other cases still go to lax: stride 2 and dilation 2 against the numpy reference
+    with jax.enable_x64(True):
+        x = jax.random.normal(jax.random.key(2), (2, 11, 3))
+        spec = basis.conv1d(4, 3, dilation=2)
+        p = _params64(spec, jax.random.key(3), x)
+        k = np.asarray(p["conv"]["kernel"])
+        dilated = np.zeros((5,) + k.shape[1:])
+        dilated[::2] = k
+        np.testing.assert_allclose(spec.apply(p, x), _conv_ref(np.asarray(x), dilated,
+                                                               np.asarray(p["conv"]["bias"])), atol=TOL)
+
+
 def test_readout_pools_then_linear():
     with jax.enable_x64(True):
         x = jax.random.normal(jax.random.key(0), (2, 7, 3))

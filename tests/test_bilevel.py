@@ -116,6 +116,13 @@ def test_vmapped_seeds_equal_individual_runs():
         np.testing.assert_allclose(np.asarray(batched.params[i]), np.asarray(s.params), rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(np.asarray(hist["outer_loss"][i]), np.asarray(h["outer_loss"]), rtol=1e-5)
     assert not np.allclose(np.asarray(batched.hparams[0]), np.asarray(batched.hparams[1]))
+    # the same runs one after the other (lax.map): same program per run, rtol 1e-5
+    mapped, hist_m = jax.jit(lambda s, tr, va: trainer.run_many(s, tr, va, 20, batching="map"))(
+        states, train, val)
+    np.testing.assert_allclose(np.asarray(mapped.hparams), np.asarray(batched.hparams), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(hist_m["outer_loss"]), np.asarray(hist["outer_loss"]), rtol=1e-5)
+    with pytest.raises(ValueError, match=r"batching must be one of \('vmap', 'map'\), got 'pmap'"):
+        trainer.run_many(states, train, val, 2, batching="pmap")
 
 
 def test_schedules():

@@ -42,6 +42,8 @@ BAD_DATA = {
     "unknown method": lambda tmp: (["--method", "magic"], "method must be one of"),
     "unknown space": lambda tmp: (["--space", "resnet"], "space must be one of"),
     "bad budget": lambda tmp: (["--budget", "tiny,steps=3"], "budget override"),
+    "bad batching": lambda tmp: (["--budget", "tiny,batching=pmap"],
+                                 "budget batching must be one of ('auto', 'vmap', 'map')"),
     "relaxation of a black-box method": lambda tmp: (
         ["--method", "random", "--relaxation", "dirichlet"], "gradient methods only"),
 }

@@ -86,6 +86,15 @@ def test_optuna_tpe_adaptor_finds_the_optimum_of_a_separable_reward():
     assert runs[0] == runs[1]
 
 
+def test_restart_batching_of_the_budget():
+    assert runner.parse_budget("mnist1d,batching=map").batching == "map"
+    auto = runner.parse_budget("mnist1d")
+    assert auto.batching == "auto" and auto.restart_batching("vector") == "vmap"
+    # on this CPU-only test machine conv cells run their restarts one after the other
+    assert auto.restart_batching("sequence") == ("map" if jax.default_backend() == "cpu" else "vmap")
+    assert runner.parse_budget("default,batching=vmap").restart_batching("sequence") == "vmap"
+
+
 def test_conv1d3_params_by_hand():
     """Counted by hand, width 8, 10 classes, structure (conv3, conv5, maxpool3) with every
     vertex live: stem conv3 1->8 (3*1*8 + 8) + conv3 8->8 (3*8*8 + 8) + conv5 (5*8*8 + 8)

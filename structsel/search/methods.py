@@ -132,8 +132,10 @@ class GradientSearch:
         states = trainer.init_many(lambda k: obj.init(k, d.x_train[:1]),
                                    jax.random.split(key, restarts))
         segments = _segments(b.search_steps, self.num_segments)
+        batching = b.restart_batching(space.layout)
         for n in set(segments) - set(compiled):
-            compiled[n] = jit(lambda s, tr, va, n=n: trainer.run_many(s, tr, va, n))
+            compiled[n] = jit(lambda s, tr, va, n=n: trainer.run_many(s, tr, va, n,
+                                                                      batching=batching))
         it = segments
         if progress:
             from tqdm import tqdm

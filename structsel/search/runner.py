@@ -34,6 +34,9 @@ def prng_key(seed: int) -> jax.Array:
     return jax.random.key(seed, impl=PRNG_IMPL)
 
 
+BATCHINGS = ("auto", "vmap", "map")
+
+
 @dataclasses.dataclass(frozen=True)
 class Budget:
     """Compute settings of a search: widths, step counts, evaluation budget."""
@@ -50,11 +53,16 @@ class Budget:
     retrain_seeds: int = 3       # seeds of the final from-scratch retrain
     chunk: int = 32              # structures per call of the jitted evaluator
     mnist1d_samples: int = 4000  # size of the generated mnist1d set
+    # restarts of a gradient search: one vmapped program, or lax.map (one after the other);
+    # "auto": map for conv cells on a CPU (measured faster there), vmap otherwise.
+    batching: str = "auto"
 
     def __post_init__(self):
+        if self.batching not in BATCHINGS:
+            raise ValueError(f"budget batching must be one of {BATCHINGS}, got {self.batching!r}")
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if f.name == "name":
+            if f.name in ("name", "batching"):
                 continue
             lower = 0 if f.name in ("batch_size", "evaluations") else 1
             if f.type in ("int",) and (not isinstance(value, int) or value < lower):
@@ -67,6 +75,12 @@ class Budget:
         """The from-scratch training of one discrete structure."""
         return TrainConfig(steps=self.train_steps, learning_rate=self.learning_rate,
                            batch_size=self.batch_size or None)
+
+    def restart_batching(self, layout: str) -> str:
+        """'vmap' or 'map' for the restarts of a gradient search on a space of `layout`."""
+        if self.batching != "auto":
+            return self.batching
+        return "map" if layout == "sequence" and jax.default_backend() == "cpu" else "vmap"
 
     def equivalent_evaluations(self, grads_per_step: float) -> int:
         """Compute of a gradient search in from-scratch trainings: T (S + c) / train_steps."""
@@ -121,7 +135,7 @@ def parse_budget(text: str | Budget) -> Budget:
             raise ValueError(f"budget override must be key=value with key one of "
                              f"{sorted(fields)}, got {item!r}")
         try:
-            changes[key] = float(value) if fields[key].type == "float" else int(value)
+            changes[key] = {"float": float, "str": str}.get(fields[key].type, int)(value)
         except ValueError:
             raise ValueError(f"budget {key} must be a {fields[key].type}, got {value!r}") from None
     return dataclasses.replace(BUDGETS[name], **changes)
