@@ -1,13 +1,16 @@
 """Benchmark of the search methods against full enumeration (docs/search.md).
 
 For every method: `--seeds` independent searches (restarts; vmapped in one program for
-the gradient methods) on mlp3 x digits, each selection scored against the committed
-enumeration table (regret = best mean test accuracy - the selected structure's, rank 1 =
-best of 125), with the parameter count, the wall time and the number of model
-evaluations (or equivalent compute). Random search gets the same compute as `bayes`.
-Then one real tabular dataset (breast_cancer) against scikit-learn baselines.
+the gradient methods) on a space x dataset with a committed enumeration table (mlp3 x
+digits, or conv1d3 x mnist1d), each selection scored against the table (regret = best
+mean test accuracy - the selected structure's, rank 1 = best of 125), with the parameter
+count, the wall time and the number of model evaluations (or equivalent compute). The
+black-box methods (random, reinforce, optuna) get the same compute as `bayes` unless the
+budget sets `evaluations`. Then one real tabular dataset (breast_cancer) against
+scikit-learn baselines.
 
     python scripts/search_benchmark.py [--seeds 5] [--budget default] [--out results/search_benchmark]
+    python scripts/search_benchmark.py --space conv1d3 --dataset mnist1d --no-tabular
     python scripts/search_benchmark.py --quick      # tiny budget, 2 seeds, a few methods
     python scripts/search_benchmark.py --methods bayes,random --no-tabular
     python scripts/search_benchmark.py --tabular-only --tabular-methods bayes --seeds 3
@@ -37,11 +40,11 @@ def _stats(values) -> dict:
 
 def bench_methods(names, *, seeds: int, budget: runner.Budget, table: dict,
                   on_row=None) -> dict:
-    """Each method `seeds` times on mlp3 x digits; regret/rank from the table.
+    """Each method `seeds` times on the table's space x dataset; regret/rank from the table.
     `on_row(out)` is called after each method (incremental writes)."""
-    ds = runner.load_data(dataset="digits", data=None, target=None, task=None, split_seed=0,
-                          budget=budget)
-    problem = runner.make_problem(ds, "mlp3", budget)
+    ds = runner.load_data(dataset=table["dataset"], data=None, target=None, task=None,
+                          split_seed=0, budget=budget)
+    problem = runner.make_problem(ds, table["space"], budget)
     x = np.asarray(problem.data.x_train)
     same_compute = methods.METHODS["bayes"].grads_per_step(problem)
     out = {}
@@ -128,22 +131,20 @@ def _fmt(s, p=4):
     return f"{s['mean']:.{p}f} +- {s['std']:.{p}f}"
 
 
-_TRAINING = ("width", "train_steps", "learning_rate", "batch_size")
-
-
 def _method_lines(rows, table, seeds, budget_name, budget=None) -> list:
-    """The mlp3 x digits table: one row per method, then the enumeration."""
+    """The space x dataset table: one row per method, then the enumeration."""
     fmt = _fmt
-    lines = [f"Search on mlp3 x digits ({table['num_structures']} structures), {seeds} seeds, "
+    lines = [f"Search on {table['space']} x {table['dataset']} ({table['num_structures']} "
+             f"structures), {seeds} seeds, "
              f"budget `{budget_name}`; regret / rank against the enumeration "
              "table (mean test accuracy over 3 seeds).", "",
-             "| method | regret (acc.) | rank (of 125) | params | test acc. (table) | "
+             f"| method | regret (acc.) | rank (of {table['num_structures']}) | params | "
+             "test acc. (table) | "
              "evaluations | wall time / seed (s) | zero-op fraction |",
              "|---|---|---|---|---|---|---|---|"]
-    tb = table["settings"]["budget"]
-    if budget is not None and any(budget[k] != tb[k] for k in _TRAINING):
+    if budget is not None and not runner.table_matches(table, runner.Budget(**budget)):
         lines[1:1] = ["", "Warning: this run's training settings ("
-                      + ", ".join(f"{k}={budget[k]}" for k in _TRAINING)
+                      + ", ".join(f"{k}={budget[k]}" for k in runner.TABLE_FIELDS)
                       + ") differ from the table's; regret, rank and params are not "
                       "comparable with it (smoke test only)."]
     for name, row in rows.items():
@@ -180,11 +181,14 @@ def _tabular_lines(t) -> list:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--seeds", type=int, default=5)
-    p.add_argument("--budget", default="default")
+    p.add_argument("--space", default="mlp3", help="space of the enumeration table")
+    p.add_argument("--dataset", default="digits", help="dataset of the enumeration table")
+    p.add_argument("--budget", default=None,
+                   help="budget preset and overrides (default: the dataset's, as for search)")
     p.add_argument("--methods", default=",".join(GRADIENT + ["random", "reinforce", "adanet",
                                                              "optuna"]))
     p.add_argument("--no-tabular", action="store_true")
-    p.add_argument("--tabular-only", action="store_true", help="skip the mlp3 x digits rows")
+    p.add_argument("--tabular-only", action="store_true", help="skip the space x dataset rows")
     p.add_argument("--tabular-methods", default="bayes,darts1,random")
     p.add_argument("--tabular-budget", default=None, help="budget of the tabular searches "
                    "(default: --budget)")
@@ -196,14 +200,16 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.quick:
         args.seeds, args.budget, args.methods = 2, "tiny", "bayes,darts1,random"
+    args.budget = args.budget or runner.default_budget(args.dataset)
     if args.cache:
         import jax
         jax.config.update("jax_compilation_cache_dir", args.cache)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     budget = runner.parse_budget(args.budget)
-    table = enumeration.load_table("mlp3", "digits")
+    table = enumeration.load_table(args.space, args.dataset)
     if table is None:
-        raise SystemExit("no enumeration table for mlp3 x digits: run structsel enumerate first")
+        raise SystemExit(f"no enumeration table for {args.space} x {args.dataset}: run "
+                         "structsel enumerate first")
     names = [n for n in args.methods.split(",") if n]
     if "optuna" in names:
         try:

@@ -141,3 +141,29 @@ def test_bench_enumeration_tiny(tmp_path):
         assert r["ratio_vmap_over_map"] == pytest.approx(
             r["vmap_per_training_s"] / r["map_per_training_s"], rel=1e-9)
         assert len(r["samples"]["vmap"]) == len(r["samples"]["map"]) == 3
+
+
+def test_blackbox_curves_tiny(tmp_path):
+    sys.path.insert(0, str(SCRIPTS))
+    try:
+        module = importlib.import_module("blackbox_curves")
+        out = tmp_path / "bb.json"
+        module.main(["--tiny", "--tables", "mlp3:digits", "--cache", "", "--out", str(out)])
+    finally:
+        sys.path.remove(str(SCRIPTS))
+    result = json.loads(out.read_text())
+    res = result["tables"]["mlp3 x digits"]
+    from structsel.search import enumeration
+    table = enumeration.load_table("mlp3", "digits")
+    best = max(r["test_mean"] for r in table["rows"])
+    by_val = max(table["rows"], key=lambda r: r["val_mean"])
+    # the reference rows are the table's own numbers
+    assert res["references"]["enumeration_by_val"]["regret"] == pytest.approx(best - by_val["test_mean"])
+    assert res["references"]["uniform_guess"]["regret"] == pytest.approx(
+        best - sum(r["test_mean"] for r in table["rows"]) / len(table["rows"]))
+    for name in ("random", "reinforce"):
+        for n in ("4", "8"):
+            run = res["runs"][name][n]
+            assert len(run["regret"]) == 2 and all(r >= 0 for r in run["regret"])
+            assert run["queries"] == [int(n)] * 2  # every query answered by the table
+    assert (tmp_path / "bb.md").read_text().count("| random |") == 1
