@@ -7,7 +7,9 @@ structures with `Family.apply_vertex` (`lax.switch` runs only the chosen op). Bo
 the same models (tests/test_enumeration.py); this script measures what each costs per
 training of `train_steps` AdamW steps, on mlp3 x digits (budget `default`) and conv1d3 x
 mnist1d (budget `mnist1d`), the settings of the committed enumeration tables, and prints
-the ratio vmap / map (> 1: the switch path is faster). Also the compile times.
+the ratio vmap / map (> 1: the switch path is faster), with the compile times. Then the
+restarts of a gradient search (darts1, conv1d3 x mnist1d, 5 restarts): one vmapped
+program against `lax.map` over the restarts (`Budget.batching`).
 
     python scripts/bench_enumeration.py [--quick] [--device cpu|gpu] [--out FILE]
 """
@@ -64,12 +66,44 @@ def measure(args, space_name: str, dataset: str, budget_name: str) -> dict:
             "samples": samples}
 
 
+def restarts(args) -> dict:
+    """A darts1 search on conv1d3 x mnist1d, 5 restarts: `run_many` vmapped vs lax.map."""
+    import jax
+
+    from structsel.search import methods, runner
+
+    steps, samples_n = _bench.pick(args, tiny=(1, 400), quick=(2, 4000), full=(5, 4000))
+    budget = runner.parse_budget(f"mnist1d,search_steps={steps},mnist1d_samples={samples_n}")
+    ds = runner.load_data(dataset="mnist1d", data=None, target=None, task=None, split_seed=0,
+                          budget=budget)
+    problem = runner.make_problem(ds, "conv1d3", budget)
+    obj, trainer, _ = methods._program(methods.METHODS["darts1"], problem.space, problem.task,
+                                       budget, None)
+    d = problem.data
+    train, val = (d.x_train, d.y_train), (d.x_val, d.y_val)
+    states = trainer.init_many(lambda k: obj.init(k, d.x_train[:1]),
+                               jax.random.split(runner.prng_key(0), 5))
+    compiled, compile_s = {}, {}
+    for mode in ("vmap", "map"):
+        fn = jax.jit(lambda s, tr, va, mode=mode: trainer.run_many(s, tr, va, steps, batching=mode))
+        compiled[mode], compile_s[mode] = _bench.compile_seconds(fn, states, train, val)
+    samples = _bench.interleaved({m: (lambda c=compiled[m]: c(states, train, val))
+                                  for m in compiled}, repeats=args.repeats)
+    t = {m: _bench.median(samples[m]) for m in compiled}
+    return {"restarts": 5, "outer_steps": steps, "train_rows": int(d.x_train.shape[0]),
+            "vmap_per_outer_step_s": t["vmap"] / steps, "map_per_outer_step_s": t["map"] / steps,
+            "ratio_vmap_over_map": _bench.ratio(t["vmap"], t["map"]),
+            "compile_vmap_s": compile_s["vmap"], "compile_map_s": compile_s["map"],
+            "samples": samples}
+
+
 def main(argv=None) -> dict:
     args = _bench.parse(_bench.parser(__doc__.splitlines()[0]), argv)
-    if args.mode != "full" and args.repeats > 3:
-        args.repeats = 3  # each sample is a whole batch of trainings (seconds)
+    if args.repeats > 3 and "--repeats" not in (argv if argv is not None else sys.argv):
+        args.repeats = 3  # each sample is a whole batch of trainings (up to a minute)
     with _bench.on_device(args.device):
         rows = [measure(args, *case) for case in CASES]
+        search = restarts(args)
         info = _bench.machine(args.device)
     s = _bench.fmt_seconds
     print(_bench.table([{**r, "vmap_per_training_s": s(r["vmap_per_training_s"]),
@@ -80,7 +114,14 @@ def main(argv=None) -> dict:
                         "vmap_per_training_s", "map_per_training_s", "ratio_vmap_over_map",
                         "compile_vmap_s", "compile_map_s"],
                        title="one from-scratch training: vmapped supernet vs lax.map + switch"))
-    result = {"benchmark": "enumeration", "mode": args.mode, "machine": info, "rows": rows}
+    print()
+    print(_bench.table([{**search, "vmap_per_outer_step_s": s(search["vmap_per_outer_step_s"]),
+                         "map_per_outer_step_s": s(search["map_per_outer_step_s"])}],
+                       ["restarts", "outer_steps", "train_rows", "vmap_per_outer_step_s",
+                        "map_per_outer_step_s", "ratio_vmap_over_map"],
+                       title="darts1 search on conv1d3 x mnist1d: restarts vmapped vs lax.map"))
+    result = {"benchmark": "enumeration", "mode": args.mode, "machine": info, "rows": rows,
+              "restarts": search}
     _bench.write_json(args.out, result)
     return result
 

@@ -16,7 +16,9 @@ random structure (the expected regret of a guess).
     python scripts/blackbox_curves.py --tiny --out /tmp/bb.json   # smoke test
 
 Writes JSON (every seed's regret) and prints a markdown table; --figure draws regret
-against N, one panel per table.
+against N, one panel per table, with the gradient methods of `search_benchmark.py` runs
+as points at their equivalent compute (--overlay space:dataset=JSON, repeatable);
+--replot redraws from the JSON of --out without running anything.
 """
 from __future__ import annotations
 
@@ -94,7 +96,25 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def figure(result: dict, path) -> None:
+GRADIENT_MARKERS = {"bayes": "s", "darts1": "^", "darts2": "v", "gdas": "D", "drnas": "P",
+                    "logitnormal": "X"}
+
+
+def overlay_points(specs) -> dict:
+    """{'space x dataset': {method: (evaluations, mean regret, s.e.)}} from search_benchmark JSONs."""
+    points = {}
+    for spec in specs or []:
+        pair, _, path = spec.partition("=")
+        space, dataset = pair.split(":")
+        rows = json.loads(pathlib.Path(path).read_text())["methods"]
+        points[f"{space} x {dataset}"] = {
+            name: (row["num_evaluations"], row["regret"]["mean"],
+                   float(np.std(row["regret"]["values"], ddof=1) / np.sqrt(len(row["regret"]["values"]))))
+            for name, row in rows.items() if name in GRADIENT_MARKERS and "regret" in row}
+    return points
+
+
+def figure(result: dict, path, points=None) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -110,16 +130,22 @@ def figure(result: dict, path) -> None:
             sem = np.array([v.std(ddof=1) / np.sqrt(len(v)) if len(v) > 1 else 0.0 for v in r])
             ax.errorbar(budgets, mean, yerr=sem, marker="o", capsize=3, label=name)
         ref = res["references"]
+        for i, (name, (n, mean, sem)) in enumerate((points or {}).get(key, {}).items()):
+            jitter = 2.0 ** (0.05 * (i - 2.5))  # side by side, not on top of each other
+            ax.errorbar([n * jitter], [mean], yerr=[sem], marker=GRADIENT_MARKERS[name], ls="none",
+                        capsize=3, color="k", mfc="white", label=f"{name} (gradient)")
         ax.axhline(ref["enumeration_by_val"]["regret"], color="k", ls="--", lw=1,
                    label="full enumeration (best val.)")
         ax.axhline(ref["uniform_guess"]["regret"], color="gray", ls=":", lw=1,
                    label="random guess")
         ax.set_xscale("log", base=2)
-        ax.set_xticks(budgets, [str(n) for n in budgets])
+        ticks = sorted(set(budgets) | {p[0] for p in (points or {}).get(key, {}).values()})
+        ax.set_xticks(ticks, [str(n) for n in ticks])
+        ax.set_ylim(bottom=0)
         ax.set_xlabel("evaluations N (trainings from scratch)")
         ax.set_ylabel("regret (test accuracy)")
         ax.set_title(key, fontsize=10)
-    axes[0, -1].legend(fontsize=8)
+    axes[0, -1].legend(fontsize=7, ncol=2)
     fig.tight_layout()
     pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -138,7 +164,14 @@ def main(argv=None) -> int:
     p.add_argument("--tiny", action="store_true", help="2 seeds, budgets 4,8, random + reinforce")
     p.add_argument("--out", default="results/blackbox_curves/blackbox_curves.json")
     p.add_argument("--figure", default=None)
+    p.add_argument("--overlay", action="append", default=[],
+                   help="space:dataset=search_benchmark.json: gradient methods as points")
+    p.add_argument("--replot", action="store_true", help="only redraw --figure from --out")
     args = p.parse_args(argv)
+    if args.replot:
+        figure(json.loads(pathlib.Path(args.out).read_text()), args.figure,
+               overlay_points(args.overlay))
+        return 0
     if args.tiny:
         args.seeds, args.budgets, args.methods = 2, "4,8", "random,reinforce"
     if args.cache:
@@ -173,7 +206,7 @@ def main(argv=None) -> int:
     out.with_suffix(".md").write_text(md)
     print(md)
     if args.figure:
-        figure(result, args.figure)
+        figure(result, args.figure, overlay_points(args.overlay))
     return 0
 
 

@@ -16,7 +16,7 @@ flag=()
 [ "$MODE" = "tiny" ] && flag=(--tiny)
 
 "$PYTHON" -c "import jax; print('jax', jax.__version__, jax.devices('$DEVICE'))"
-for name in hypergradient memory search; do
+for name in hypergradient memory search enumeration; do
   echo "=== bench_$name ($DEVICE, $MODE) ==="
   "$PYTHON" "scripts/bench_$name.py" "${flag[@]}" --device "$DEVICE" --out "$OUT/$name.json"
 done

@@ -141,6 +141,10 @@ def test_bench_enumeration_tiny(tmp_path):
         assert r["ratio_vmap_over_map"] == pytest.approx(
             r["vmap_per_training_s"] / r["map_per_training_s"], rel=1e-9)
         assert len(r["samples"]["vmap"]) == len(r["samples"]["map"]) == 3
+    search = result["restarts"]
+    assert search["restarts"] == 5 and search["outer_steps"] == 1
+    assert search["ratio_vmap_over_map"] == pytest.approx(
+        search["vmap_per_outer_step_s"] / search["map_per_outer_step_s"], rel=1e-9)
 
 
 def test_blackbox_curves_tiny(tmp_path):

@@ -15,7 +15,8 @@ edge of the mean structure gamma:
 | drnas       | point          | Dirichlet      | likelihood only         | greedy               |
 | logitnormal | point          | logit-normal   | likelihood only         | greedy               |
 
-Black-box methods call the `Evaluator` (structures trained from scratch, vmapped):
+Black-box methods call the `Evaluator` (structures trained from scratch) or any object
+with its `reward(choices, key=)`, such as `enumeration.TableLookup`:
 random search and REINFORCE from the baselines, Optuna TPE (optional extra), and AdaNet,
 which grows its own ensemble of MLPs instead of searching the cell (its ensemble is
 reported as the selected structure). `num_evaluations` of a gradient method is its
@@ -272,7 +273,7 @@ class Reinforce(BlackBoxSearch):
 
 @dataclasses.dataclass(frozen=True)
 class OptunaTPE(BlackBoxSearch):
-    """Optuna's TPE sampler over the categorical choices (optional extra: `pip install optuna`)."""
+    """Optuna's TPE sampler over the categorical choices (optional extra: `pip install -e ".[optuna]"`)."""
 
     batch_size: int = 4
 
@@ -282,7 +283,7 @@ class OptunaTPE(BlackBoxSearch):
             import optuna  # noqa: F401
         except ImportError:
             raise ValueError("method 'optuna' needs the optional package optuna "
-                             "(pip install optuna); it is not installed") from None
+                             "(pip install optuna, or the extra .[optuna]); it is not installed") from None
 
     def search(self, problem, evaluator, *, key, restarts, relaxation=None, progress=False,
                jit=jax.jit) -> Outcome:
