@@ -2,12 +2,14 @@
 
     structsel search [--data FILE] [--target COLUMN] [--task classification|regression]
                      [--dataset NAME] [--space NAME] [--method NAME] [--relaxation NAME]
-                     [--seed N] [--seeds N] [--budget PRESET[,key=value...]] [--workdir DIR]
+                     [--seed N] [--split-seed N] [--seeds N] [--budget PRESET[,key=value...]]
+                     [--no-fallback] [--no-gradient-boosting] [--workdir DIR]
     structsel enumerate --space mlp3 --dataset digits --seeds 3 [--budget ...] [--out FILE]
     structsel retrain --structure FILE [--data FILE ...] [--seed N] [--workdir DIR]
 
 Bad data or arguments print one line `structsel: error: ...` on stderr and exit with 2
-(no traceback). Everything else lives in `structsel.search.runner`.
+(no traceback); a selection that loses to the linear model or ignores its input prints
+`structsel: warning: ...` lines. Everything else lives in `structsel.search.runner`.
 """
 from __future__ import annotations
 
@@ -36,7 +38,7 @@ _positive_int = _int_at_least(1)
 _nonnegative_int = _int_at_least(0)
 
 
-def _add_data_args(p: argparse.ArgumentParser) -> None:
+def _add_data_args(p: argparse.ArgumentParser, *, seed_help: str, split_help: str) -> None:
     p.add_argument("--data", metavar="FILE",
                    help="CSV (header row) or .npz (arrays x, y); default: --dataset")
     p.add_argument("--target", metavar="COLUMN", help="label column of the CSV (default: last)")
@@ -44,8 +46,8 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", metavar="NAME",
                    help="embedded dataset when --data is not given: digits (default), "
                         "breast_cancer, wine, diabetes, mnist1d")
-    p.add_argument("--seed", type=_nonnegative_int, default=0,
-                   help="seed of the split, initialisation and search (default 0)")
+    p.add_argument("--seed", type=_nonnegative_int, default=0, help=seed_help)
+    p.add_argument("--split-seed", type=_nonnegative_int, help=split_help)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -57,7 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("search", help="select a structure and retrain it from scratch")
-    _add_data_args(s)
+    _add_data_args(s, seed_help="seed of the train / validation / test split, the "
+                                "initialisations and the search (default 0)",
+                   split_help="seed of the split alone, overriding --seed for it (e.g. "
+                              "--split-seed 0: the split of the enumeration tables)")
     s.add_argument("--space", help=f"search space: {', '.join(runner.space_names())} "
                                    "(default: conv1d3 for mnist1d, mlp3 otherwise)")
     s.add_argument("--method", default="bayes",
@@ -71,6 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"preset ({', '.join(runner.budget_names())}) optionally followed "
                         "by overrides, e.g. 'small,search_steps=100,train_steps=200' "
                         "(default: 'mnist1d' for mnist1d, else 'default')")
+    s.add_argument("--no-fallback", action="store_true",
+                   help="return the selected structure even when it does not beat the "
+                        "linear model on validation (the warning is still printed)")
+    s.add_argument("--no-gradient-boosting", action="store_true",
+                   help="skip the HistGradientBoosting baseline (fitted by default when "
+                        "scikit-learn is installed)")
     s.add_argument("--workdir", help="output directory (default "
                                      "results/search/<dataset>_<method>_<seed>)")
     s.set_defaults(func=_search)
@@ -88,7 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("retrain", help="rebuild a structure.json and train it from scratch")
     r.add_argument("--structure", required=True, metavar="FILE", help="structure.json")
-    _add_data_args(r)
+    _add_data_args(r, seed_help="seed of the initialisations (default 0)",
+                   split_help="seed of the split (default: the split the structure was "
+                              "selected on, recorded in structure.json)")
     r.add_argument("--seeds", type=_positive_int, default=3, help="training seeds")
     r.add_argument("--budget", default="default", help="budget preset and overrides")
     r.add_argument("--workdir", help="output directory (default: next to the structure)")
@@ -102,9 +115,13 @@ def _search(args) -> int:
     config = runner.search_config(
         data=args.data, target=args.target, task=args.task, dataset=args.dataset,
         space=args.space, method=args.method, relaxation=args.relaxation, seed=args.seed,
-        seeds=args.seeds, budget=args.budget, workdir=args.workdir)
+        split_seed=args.split_seed, seeds=args.seeds, budget=args.budget,
+        workdir=args.workdir, fallback=not args.no_fallback,
+        gradient_boosting=not args.no_gradient_boosting)
     summary = runner.run_search(config, progress=not args.no_progress)
     print(runner.format_summary(summary))
+    for warning in summary.get("warnings", []):
+        print(f"structsel: warning: {warning}", file=sys.stderr)
     return 0
 
 
@@ -124,8 +141,8 @@ def _retrain(args) -> int:
 
     summary = retrain.run_retrain(
         structure=args.structure, data=args.data, target=args.target, task=args.task,
-        dataset=args.dataset, seed=args.seed, seeds=args.seeds, budget=args.budget,
-        workdir=args.workdir, progress=not args.no_progress)
+        dataset=args.dataset, seed=args.seed, split_seed=args.split_seed, seeds=args.seeds,
+        budget=args.budget, workdir=args.workdir, progress=not args.no_progress)
     print(retrain.format_retrain(summary))
     return 0
 

@@ -3,6 +3,10 @@
 Every loader returns a `Dataset` with a train / validation / test split made from a seed
 and features standardised with the training statistics. Regression targets are
 standardised too; `Dataset.target_scale` maps predictions back to the original units.
+Classification labels may be numbers or text (a CSV column such as `g` / `h`): the
+distinct labels, sorted, become classes 0..C-1 and `Dataset.classes` records them (class i
+is `classes[i]`), so a model trained on one file can be scored on another with the same
+mapping (`make_dataset(..., classes=...)`).
 Bad data raises `DataError` (a ValueError) with one line saying what is wrong.
 """
 
@@ -36,6 +40,7 @@ class Dataset(NamedTuple):
     name: str
     target_scale: tuple[float, float] = (0.0, 1.0)  # (mean, std) of the raw regression target
     split: dict | None = None  # seed and sizes, for the run record
+    classes: tuple | None = None  # original label of each class 0..C-1 (None: regression)
 
     @property
     def num_features(self) -> int:
@@ -58,17 +63,50 @@ def split_indices(n: int, *, seed: int, val_fraction: float = 0.2,
 
 
 def infer_task(y: np.ndarray) -> str:
-    """Classification for integer-valued targets with at most 50 distinct values."""
+    """Classification for text labels and for integer-valued targets with at most 50
+    distinct values; regression otherwise."""
+    if not np.issubdtype(np.asarray(y).dtype, np.number):
+        return "classification"
     values = np.unique(y)
     integral = np.all(np.equal(np.mod(values, 1), 0))
     return "classification" if integral and len(values) <= 50 else "regression"
 
 
+def _label(value):
+    """A class label as a JSON scalar: str, int for integral numbers, else float."""
+    if isinstance(value, (str, np.str_)):
+        return str(value)
+    value = float(value)
+    return int(value) if value.is_integer() else value
+
+
+def encode_labels(y: np.ndarray, classes=None) -> tuple[np.ndarray, tuple]:
+    """(integer classes, labels): y_i -> index of y_i in the sorted distinct labels, or in
+    `classes` when given (a label it does not list raises DataError)."""
+    if classes is None:
+        labels, codes = np.unique(y, return_inverse=True)
+        return codes.astype(np.int32), tuple(_label(c) for c in labels)
+    classes = tuple(_label(c) for c in classes)
+    index = {c: i for i, c in enumerate(classes)}
+    try:
+        codes = np.array([index[_label(v)] for v in y], dtype=np.int32)
+    except KeyError as err:
+        raise DataError(f"label {err.args[0]!r} is not one of the model's classes "
+                        f"{list(classes)}") from None
+    return codes, classes
+
+
 def make_dataset(x: np.ndarray, y: np.ndarray, *, name: str, seed: int = 0, task: str | None = None,
-                 val_fraction: float = 0.2, test_fraction: float = 0.2) -> Dataset:
-    """Validates, splits and standardises (x, y); `task` is inferred when None."""
+                 val_fraction: float = 0.2, test_fraction: float = 0.2,
+                 classes=None) -> Dataset:
+    """Validates, splits and standardises (x, y); `task` is inferred when None.
+
+    Labels (numbers or text) become classes 0..C-1 in sorted order, or in the order of
+    `classes` when given (the mapping of a trained model; then C = len(classes)).
+    """
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y)
+    text = not np.issubdtype(y.dtype, np.number)
     if x.ndim != 2:
         raise DataError(f"features must be a 2-D table, got shape {x.shape}")
     if y.shape != (x.shape[0],):
@@ -76,28 +114,32 @@ def make_dataset(x: np.ndarray, y: np.ndarray, *, name: str, seed: int = 0, task
     if not np.all(np.isfinite(x)):
         rows = np.unique(np.nonzero(~np.isfinite(x))[0])[:5].tolist()
         raise DataError(f"features contain NaN or inf (rows {rows}...)")
-    if not np.all(np.isfinite(y.astype(np.float64))):
+    if not text and not np.all(np.isfinite(y.astype(np.float64))):
         raise DataError("target contains NaN or inf")
     task = task or infer_task(y)
     if task not in TASKS:
         raise DataError(f"task must be one of {TASKS}, got {task!r}")
+    if text and task == "regression":
+        raise DataError(f"regression needs a numeric target; it has text labels such as "
+                        f"{str(y[0])!r}")
     tr, va, te = split_indices(len(y), seed=seed, val_fraction=val_fraction,
                                test_fraction=test_fraction)
     mean, std = x[tr].mean(0), x[tr].std(0)
     std = np.where(std > 0, std, 1.0)
     xs = ((x - mean) / std).astype(np.float32)
     if task == "classification":
-        classes, yi = np.unique(y, return_inverse=True)
-        if len(classes) < 2:
-            raise DataError(f"classification needs at least 2 classes, got {len(classes)}")
-        ys, num_classes, scale = yi.astype(np.int32), len(classes), (0.0, 1.0)
+        ys, labels = encode_labels(y, classes)
+        if len(labels) < 2:
+            raise DataError(f"classification needs at least 2 classes, got {len(labels)}")
+        num_classes, scale = len(labels), (0.0, 1.0)
     else:
+        labels = None
         yf = y.astype(np.float64)
         mu, sd = float(yf[tr].mean()), float(yf[tr].std() or 1.0)
         ys, num_classes, scale = ((yf - mu) / sd).astype(np.float32), 0, (mu, sd)
     split = {"seed": int(seed), "train": len(tr), "val": len(va), "test": len(te)}
     return Dataset(xs[tr], ys[tr], xs[va], ys[va], xs[te], ys[te], task, num_classes, name,
-                   scale, split)
+                   scale, split, labels)
 
 
 def load_sklearn(name: str = "digits", *, seed: int = 0, **kwargs) -> Dataset:
@@ -140,7 +182,8 @@ def read_table(path: str | pathlib.Path, *, target: str | None = None
                ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Reads a CSV (header row) or .npz (arrays `x`, `y`) into features, target, names.
 
-    For a CSV, `target` names the label column (default: the last column).
+    For a CSV, `target` names the label column (default: the last column); a target
+    column with a value that is not a number is read as text labels (array of str).
     """
     path = pathlib.Path(path)
     if not path.is_file():
@@ -166,17 +209,24 @@ def read_table(path: str | pathlib.Path, *, target: str | None = None
     col = header.index(target)
     names = [h for i, h in enumerate(header) if i != col]
     x = np.empty((len(body), len(names)))
-    y = np.empty(len(body))
+    labels = []
     for r, row in enumerate(body, start=2):
         if len(row) != len(header):
             raise DataError(f"{path}: line {r} has {len(row)} fields, header has {len(header)}")
+        features = [v for i, v in enumerate(row) if i != col]
         try:
-            values = [float(v) if v.strip() != "" else np.nan for v in row]
+            x[r - 2] = [float(v) if v.strip() != "" else np.nan for v in features]
         except ValueError:
-            bad = next(h for h, v in zip(header, row) if not _is_float(v))
+            bad = next(h for h, v in zip(names, features) if not _is_float(v))
             raise DataError(f"{path}: line {r}, column {bad!r} is not numeric") from None
-        y[r - 2] = values[col]
-        x[r - 2] = [v for i, v in enumerate(values) if i != col]
+        labels.append(row[col].strip())
+    if all(_is_float(v) for v in labels):
+        y = np.array([float(v) if v != "" else np.nan for v in labels])
+    else:
+        empty = [r for r, v in enumerate(labels, start=2) if v == ""]
+        if empty:
+            raise DataError(f"{path}: line {empty[0]}, target column {target!r} is empty")
+        y = np.array(labels, dtype=str)
     return x, y, names
 
 
@@ -190,7 +240,8 @@ def _is_float(value: str) -> bool:
 
 def load_table(path: str | pathlib.Path, *, target: str | None = None, task: str | None = None,
                seed: int = 0, **kwargs) -> Dataset:
-    """A CSV/.npz file as a split, standardised Dataset (see `read_table`)."""
+    """A CSV/.npz file as a split, standardised Dataset (see `read_table`; `kwargs` go to
+    `make_dataset`, e.g. `classes`)."""
     x, y, _ = read_table(path, target=target)
     return make_dataset(x, y, name=pathlib.Path(path).stem, seed=seed, task=task, **kwargs)
 

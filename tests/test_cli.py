@@ -39,6 +39,15 @@ BAD_DATA = {
     "too few rows": lambda tmp: (
         ["--data", str(_write_csv(tmp / "d.csv", ["a", "b", "label"], _good_rows(n=5)))],
         "too few rows"),
+    "text target for regression": lambda tmp: (
+        ["--data", str(_write_csv(tmp / "d.csv", ["a", "b", "label"],
+                                  [[r[0], r[1], "gh"[r[2]]] for r in _good_rows()])),
+         "--task", "regression"], "regression needs a numeric target"),
+    "empty text label": lambda tmp: (
+        ["--data", str(_write_csv(tmp / "d.csv", ["a", "b", "label"],
+                                  [[r[0], r[1], "gh"[r[2]]] for r in _good_rows()[:4]]
+                                  + [[0.1, 0.2, ""]] + [[r[0], r[1], "g"] for r in _good_rows()]))],
+        "target column 'label' is empty"),
     "unknown method": lambda tmp: (["--method", "magic"], "method must be one of"),
     "unknown space": lambda tmp: (["--space", "resnet"], "space must be one of"),
     "bad budget": lambda tmp: (["--budget", "tiny,steps=3"], "budget override"),
@@ -95,3 +104,69 @@ def test_argparse_rejects_bad_numbers(capsys):
         cli.main(["search", "--seeds", "0"])
     assert exc.value.code == 2
     assert "expected an integer >= 1" in capsys.readouterr().err
+
+
+# --- seeds, splits, text labels, references ----------------------------------------------
+
+def test_seed_seeds_the_split_unless_split_seed_is_given():
+    from structsel.search import runner
+
+    assert runner.search_config(seed=3, budget="tiny").split_seed == 3
+    assert runner.search_config(seed=3, split_seed=0, budget="tiny").split_seed == 0
+    search_help = " ".join(cli.build_parser()._subparsers._group_actions[0]
+                           .choices["search"].format_help().split())
+    assert "seed of the train / validation / test split, the initialisations and the search" \
+        in search_help and "--split-seed" in search_help
+
+
+def _labelled_csv(path, n=200, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 3))
+    label = np.where(x[:, 0] - 0.5 * x[:, 1] + 0.3 * rng.normal(size=n) > 0, "h", "g")
+    return _write_csv(path, ["a", "b", "c", "class"],
+                      [[*np.round(r, 3), c] for r, c in zip(x, label)])
+
+
+def test_text_labels_search_and_retrain_agree(tmp_path, capsys):
+    import json
+
+    data = _labelled_csv(tmp_path / "gh.csv")
+    workdir = tmp_path / "s"
+    assert cli.main(["search", "--data", str(data), "--target", "class", "--space", "mlp1",
+                     "--method", "random", "--budget", "tiny", "--seed", "2",
+                     "--no-gradient-boosting", "--workdir", str(workdir),
+                     "--no-progress"]) == 0
+    out, err = capsys.readouterr()
+    summary = json.loads((workdir / "summary.json").read_text())
+    structure = json.loads((workdir / "structure.json").read_text())
+    assert summary["classes"] == structure["classes"] == ["g", "h"]
+    assert summary["split"]["seed"] == structure["split"]["seed"] == 2  # --seed seeds the split
+    assert "classes" in out and "0: g, 1: h" in out and "baseline linear" in out
+    assert set(summary["baselines"]) == {"constant", "linear"}
+    # The tiny budget cannot beat logistic regression: the linear model is returned, said
+    # so on stderr, in summary.json and in structure.json (which retrain refits).
+    assert summary["model"] == "linear" and structure["format"] == "structsel.linear/1"
+    assert summary["val_metric"] == summary["fallback"]["linear_val"]
+    assert structure["replaces"]["space"] == "mlp1"
+    assert err.startswith("structsel: warning: the selected structure does not beat the "
+                          "linear model on validation") and "Traceback" not in err
+    assert cli.main(["retrain", "--structure", str(workdir / "structure.json"), "--data",
+                     str(data), "--target", "class", "--no-progress"]) == 0
+    rerun = json.loads((workdir / "retrain" / "summary.json").read_text())
+    assert rerun["classes"] == ["g", "h"] and rerun["split"] == summary["split"]
+    assert rerun["val_metric"] == pytest.approx(summary["val_metric"], abs=1e-6)
+    assert rerun["test_metric"] == pytest.approx(summary["test_metric"], abs=1e-6)
+    assert rerun["params"] == summary["params"] == 4  # 3 weights + bias (binary: one column)
+
+
+def test_other_split_is_not_scored_like_for_like(tmp_path, capsys):
+    from structsel.search import runner
+
+    config = runner.search_config(space="mlp3", method="random", budget="tiny", seed=1,
+                                  workdir=str(tmp_path / "d"), gradient_boosting=False,
+                                  fallback=False)
+    summary = runner.run_search(config, progress=False)
+    assert summary["split"]["seed"] == 1 and summary["table_matches_split"] is False
+    assert summary["table_like_for_like"] is False and summary["model"] == "selected structure"
+    assert "not like for like" in runner.format_summary(summary)
+    assert any("returning it anyway" in w for w in summary["warnings"])  # tiny budget

@@ -47,7 +47,7 @@ def test_csv_roundtrip(tmp_path):
 
 @pytest.mark.parametrize("text,target,match", [
     ("a,b\n1,2\n", "c", "unknown target column 'c'"),
-    ("a,b\n1,x\n2,3\n", "b", "column 'b' is not numeric"),
+    ("a,b\n1,x\n2,3\n", "a", "column 'b' is not numeric"),  # a text *target* is labels
     ("a,b\n1,\n2,3\n3,0\n", "a", "NaN"),
 ])
 def test_csv_errors(tmp_path, text, target, match):
@@ -64,3 +64,38 @@ def test_other_errors(tmp_path):
         data.make_dataset(np.ones((5, 2)), np.arange(5.0), name="x")
     with pytest.raises(data.DataError, match="dataset must be one of"):
         data.load("cifar")
+
+
+def test_text_labels_map_to_sorted_integers(tmp_path):
+    rng = np.random.default_rng(0)
+    labels = ["h", "g", "h", "b"] * 10
+    rows = ["a,b,class"] + [f"{rng.normal()},{rng.normal()},{c}" for c in labels]
+    ds = data.load_table(_write(tmp_path / "t.csv", "\n".join(rows)), target="class")
+    assert ds.task == "classification" and ds.num_classes == 3
+    assert ds.classes == ("b", "g", "h")  # class i is classes[i]: sorted order
+    x, y, _ = data.read_table(tmp_path / "t.csv", target="class")
+    all_codes = np.concatenate([ds.y_train, ds.y_val, ds.y_test])
+    assert sorted(all_codes.tolist()) == sorted({"b": 0, "g": 1, "h": 2}[c] for c in labels)
+    # A model's mapping is applied as given: same codes, and labels it lacks are refused.
+    again = data.make_dataset(x, y, name="t", classes=["b", "g", "h", "z"])
+    np.testing.assert_array_equal(again.y_val, ds.y_val)
+    assert again.num_classes == 4 and again.classes == ("b", "g", "h", "z")
+    with pytest.raises(data.DataError, match="label 'h' is not one of the model's classes"):
+        data.make_dataset(x, y, name="t", classes=["b", "g"])
+    with pytest.raises(data.DataError, match="regression needs a numeric target"):
+        data.make_dataset(x, y, name="t", task="regression")
+
+
+def test_numeric_labels_record_their_classes():
+    x = np.random.default_rng(0).normal(size=(40, 2))
+    ds = data.make_dataset(x, np.array([3, 7] * 20), name="n")
+    assert ds.classes == (3, 7) and set(ds.y_train.tolist()) <= {0, 1}
+    assert data.make_dataset(x, np.arange(40.0) * 0.37, name="r").classes is None
+    assert data.load_sklearn("wine").classes == (0, 1, 2)
+
+
+def test_text_label_errors(tmp_path):
+    with pytest.raises(data.DataError, match="line 3, target column 'c' is empty"):
+        data.load_table(_write(tmp_path / "e.csv", "a,c\n1,g\n2,\n3,h\n"), target="c")
+    with pytest.raises(data.DataError, match="column 'a' is not numeric"):
+        data.load_table(_write(tmp_path / "f.csv", "a,c\n1,g\nx,h\n3,h\n"), target="c")

@@ -5,6 +5,12 @@ simplex vertex (plus the space, width and task it came from). `rebuild` turns it
 a discrete `Family` with `family.discrete_model` (ops with gamma_l = 0 and dead vertices
 removed, applied with gamma = 1 everywhere) and `run_retrain` trains that model with
 `retrain_seeds` seeds (vmapped, one jitted program) and reports val / test metrics.
+
+A structure.json may instead describe the linear model that `structsel search` returned
+when its selection did not beat it (format `structsel.linear/1`): that model is refitted
+(`references.fit_linear`, convex, so the seeds do not matter). Either way the data is
+split as the search split it (the split seed recorded in structure.json) and class labels
+are mapped to the integers recorded there (`classes`), so metrics are comparable.
 """
 from __future__ import annotations
 
@@ -18,7 +24,7 @@ import numpy as np
 
 from structsel.family import Family, discrete_model
 from structsel.runs import Run
-from structsel.search import enumeration, runner, spaces
+from structsel.search import enumeration, references, runner, spaces
 
 
 def read_structure(path: str | pathlib.Path) -> dict:
@@ -30,6 +36,8 @@ def read_structure(path: str | pathlib.Path) -> dict:
         structure = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
+    if structure.get("format") == "structsel.linear/1":
+        return structure
     for key in ("space", "width", "edges", "format"):
         if key not in structure:
             raise ValueError(f"{path}: not a structure.json of structsel search (no {key!r})")
@@ -56,40 +64,69 @@ def train_discrete(sub: Family, task, config, data: enumeration.Splits, *, keys)
     return {k: np.asarray(v)[0] for k, v in fn(keys, data).items()}
 
 
+def path_num_params(sub: Family, x) -> int:
+    """Weights of the discrete model `sub` that reach its output (`references.path_num_params`
+    with the single op of every edge), counted on the rebuilt model itself."""
+    shapes = jax.eval_shape(lambda k: sub.init(k, x[:1]), jax.random.key(0))
+    if any(k != 1 for k in sub.num_ops):  # not a simplex vertex: every kept op counts
+        return int(sub.num_params(shapes))
+    return references.path_num_params(sub, sub.param_counts(shapes), np.zeros(sub.num_edges, int),
+                                      sub.validate(x[:1])[-1].shape[-1])
+
+
 def run_retrain(*, structure, data=None, target=None, task=None, dataset=None, seed=0,
-                seeds=3, budget="default", workdir=None, progress=False) -> dict:
-    """Rebuilds `structure` (a path) and trains it from scratch on the given data."""
+                split_seed=None, seeds=3, budget="default", workdir=None,
+                progress=False) -> dict:
+    """Rebuilds `structure` (a path) and trains it from scratch on the given data, split with
+    `split_seed` (default: the structure's recorded split seed, else 0)."""
     start = time.perf_counter()
     record = read_structure(structure)
+    linear = record.get("format") == "structsel.linear/1"
     if data is None:
         dataset = dataset or record.get("dataset", "digits")
     elif dataset is not None:
         raise ValueError("give either --data FILE or --dataset NAME, not both")
-    b = dataclasses.replace(runner.parse_budget(budget), width=int(record["width"]))
+    if split_seed is None:
+        split_seed = int((record.get("split") or {}).get("seed", 0))
+    b = runner.parse_budget(budget)
+    if not linear:
+        b = dataclasses.replace(b, width=int(record["width"]))
     ds = runner.load_data(dataset=dataset, data=data, target=target, task=task,
-                          split_seed=0, budget=b)
+                          split_seed=split_seed, budget=b, classes=record.get("classes"))
     t = enumeration.task_of(ds)
     if record.get("num_outputs") not in (None, t.num_outputs):
         raise ValueError(f"the structure was built for {record['num_outputs']} outputs, "
                          f"the data needs {t.num_outputs}")
-    space, sub = rebuild(record, num_outputs=t.num_outputs)
-    splits = enumeration.splits_of(ds, space.prepare)
-    keys = jax.random.split(runner.prng_key(seed), seeds)
-    scores = train_discrete(sub, t, b.train, splits, keys=keys)
-    shapes = jax.eval_shape(lambda k: sub.init(k, splits.x_train[:1]), jax.random.key(0))
+    if linear:
+        splits = enumeration.splits_of(ds)
+        base = {"selected": {"model": "linear"}, "space": "linear",
+                **references.reference_scores(t, splits, jit=jax.jit)["linear"]}
+        base.update(val_metric_std=0.0, test_metric_std=0.0)
+    else:
+        space, sub = rebuild(record, num_outputs=t.num_outputs)
+        splits = enumeration.splits_of(ds, space.prepare)
+        keys = jax.random.split(runner.prng_key(seed), seeds)
+        scores = train_discrete(sub, t, b.train, splits, keys=keys)
+        base = {"selected": kept_ops(record), "space": space.name,
+                "params": path_num_params(sub, splits.x_train),
+                "val_metric": float(scores["val_metric"].mean()),
+                "val_metric_std": float(scores["val_metric"].std()),
+                "test_metric": float(scores["test_metric"].mean()),
+                "test_metric_std": float(scores["test_metric"].std())}
     workdir = pathlib.Path(workdir or pathlib.Path(structure).parent / "retrain")
     run = Run.create(workdir, config={"structure": str(structure), "data": data,
                                       "dataset": ds.name, "seeds": seeds,
+                                      "split": ds.split,
                                       "budget": dataclasses.asdict(b)}, seed=seed)
-    summary = {"structure": str(structure), "dataset": ds.name, "space": space.name,
-               "selected": kept_ops(record), "params": sub.num_params(shapes),
+    summary = {"structure": str(structure), "dataset": ds.name, "space": base["space"],
+               "selected": base["selected"], "params": base["params"],
                "metric": t.metric_name,
-               "val_metric": float(scores["val_metric"].mean()),
-               "val_metric_std": float(scores["val_metric"].std()),
-               "test_metric": float(scores["test_metric"].mean()),
-               "test_metric_std": float(scores["test_metric"].std()),
-               "seeds": seeds, "wall_time_s": time.perf_counter() - start,
-               "workdir": str(run.workdir)}
+               **{k: base[k] for k in ("val_metric", "val_metric_std", "test_metric",
+                                       "test_metric_std")},
+               "seeds": 1 if linear else seeds, "split": ds.split,
+               "wall_time_s": time.perf_counter() - start, "workdir": str(run.workdir)}
+    if ds.classes is not None:
+        summary["classes"] = list(ds.classes)
     run.write_summary(summary)
     return summary
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import math
 import pathlib
 import time
@@ -20,7 +21,7 @@ import numpy as np
 
 from structsel import data as data_lib
 from structsel.runs import Run
-from structsel.search import enumeration, spaces
+from structsel.search import enumeration, references, spaces
 from structsel.search.enumeration import TrainConfig, train_structures
 
 
@@ -170,13 +171,20 @@ class SearchConfig:
     seeds: int
     budget: Budget
     workdir: str
-    split_seed: int = 0
+    split_seed: int = 0      # seed of the train / validation / test split
+    fallback: bool = True    # return the linear model when the selection does not beat it
+    gradient_boosting: bool = True  # HistGradientBoosting baseline (if scikit-learn is there)
 
 
 def search_config(*, data=None, target=None, task=None, dataset=None, space=None,
                   method="bayes", relaxation=None, seed=0, seeds=1, budget=None,
-                  workdir=None, split_seed=0) -> SearchConfig:
-    """Validated SearchConfig (ValueError / DataError naming the bad argument)."""
+                  workdir=None, split_seed=None, fallback=True,
+                  gradient_boosting=True) -> SearchConfig:
+    """Validated SearchConfig (ValueError / DataError naming the bad argument).
+
+    `seed` seeds the split, the initialisations and the search; `split_seed` (default:
+    `seed`) overrides the split's seed alone.
+    """
     from structsel.search import methods
 
     if data is not None and dataset is not None:
@@ -200,19 +208,28 @@ def search_config(*, data=None, target=None, task=None, dataset=None, space=None
         raise ValueError(f"space must be one of {sorted(spaces.SPACES)}, got {space!r}")
     if not isinstance(seeds, int) or seeds < 1:
         raise ValueError(f"seeds must be an int >= 1, got {seeds!r}")
+    split_seed = seed if split_seed is None else split_seed
+    for name, value in (("seed", seed), ("split_seed", split_seed)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+            raise ValueError(f"{name} must be an int >= 0, got {value!r}")
     budget = parse_budget(budget if budget is not None else default_budget(dataset))
     methods.METHODS[method].check(relaxation=relaxation, space=space)
     workdir = workdir or f"results/search/{dataset}_{method}_{seed}"
     return SearchConfig(dataset, data, target, task, space, method, relaxation, int(seed),
-                        int(seeds), budget, str(workdir), int(split_seed))
+                        int(seeds), budget, str(workdir), int(split_seed), bool(fallback),
+                        bool(gradient_boosting))
 
 
 def load_data(*, dataset: str, data: str | None, target: str | None, task: str | None,
-              split_seed: int, budget: Budget) -> data_lib.Dataset:
-    """The split, standardised dataset (DataError on bad data)."""
+              split_seed: int, budget: Budget, classes=None) -> data_lib.Dataset:
+    """The split, standardised dataset (DataError on bad data). `classes`: the label of
+    each class 0..C-1 of a trained model (`structsel retrain`), None to derive them."""
     if data is not None:
-        return data_lib.load_table(data, target=target, task=task, seed=split_seed)
+        return data_lib.load_table(data, target=target, task=task, seed=split_seed,
+                                   classes=classes)
     kwargs = {"num_samples": budget.mnist1d_samples} if dataset == "mnist1d" else {}
+    if classes is not None:
+        kwargs["classes"] = classes
     ds = data_lib.load(dataset, seed=split_seed, **kwargs)
     if task is not None and task != ds.task:
         raise ValueError(f"task of the embedded dataset {dataset} is {ds.task}, got --task {task}")
@@ -291,13 +308,34 @@ def _fmt(value) -> str:
 
 
 def format_summary(summary: dict) -> str:
-    """The final table printed by `structsel search`."""
-    keys = ["dataset", "space", "method", "seed", "selected", "params", "val_metric",
-            "test_metric", "regret", "rank", "table_matches_budget", "num_evaluations",
-            "wall_time_s", "workdir"]
-    rows = [(k, summary[k]) for k in keys if k in summary]
+    """The final table printed by `structsel search`: the selection, what is returned (the
+    linear model after a fallback), regret / rank against the table (flagged when not like
+    for like), and the baselines fitted on the same split."""
+    keys = ["dataset", "space", "method", "seed", "split", "selected", "model", "params",
+            "val_metric", "test_metric", "regret", "rank", "table_matches_budget",
+            "table_matches_split", "num_evaluations", "wall_time_s", "workdir"]
+    values = dict(summary)
+    if isinstance(summary.get("split"), dict):
+        sp = summary["split"]
+        values["split"] = f"seed {sp['seed']}: {sp['train']} / {sp['val']} / {sp['test']} rows"
+    if summary.get("fallback"):
+        fb = summary["fallback"]
+        values["model"] = (f"linear (fallback; the selection had val {fb['selected_val']:.4g}, "
+                           f"test {fb['selected_test']:.4g}, {fb['selected_params']} params)")
+    if "regret" in summary:
+        notes = ([] if not summary.get("fallback") else ["of the selection"]) + (
+            [] if summary.get("table_like_for_like", True) else ["not like for like"])
+        if notes:
+            values["regret"] = f"{_fmt(summary['regret'])} ({', '.join(notes)})"
+    rows = [(k, values[k]) for k in keys if k in values]
     rows = [(k, ", ".join(f"{e}: {o}" for e, o in v.items()) if isinstance(v, dict) else _fmt(v))
             for k, v in rows]
+    for name, b in summary.get("baselines", {}).items():
+        extra = f"  ({b['params']} params)" if "params" in b else ""
+        rows.append((f"baseline {name}", f"val {b['val_metric']:.4g}  test "
+                                         f"{b['test_metric']:.4g}{extra}"))
+    if summary.get("classes") and any(isinstance(c, str) for c in summary["classes"]):
+        rows.append(("classes", ", ".join(f"{i}: {c}" for i, c in enumerate(summary["classes"]))))
     width = max(len(k) for k, _ in rows)
     line = "-" * (width + 3 + max(len(v) for _, v in rows))
     return "\n".join([line] + [f"{k:<{width}} | {v}" for k, v in rows] + [line])
@@ -355,6 +393,27 @@ def run_search(config: SearchConfig, *, progress: bool = True,
         run.write_json("structure.json", {"adanet_ensemble": report["ensemble"]})
     else:
         summary = _retrain_selected(problem, evaluator, outcome, run, config, k_retrain, base)
+    # Compare with the constant and linear references (and HistGradientBoosting) on the
+    # same split; return the linear model when the selection does not beat it.
+    summary, decision = references.review(
+        summary, problem.task, enumeration.splits_of(ds), family=problem.space.family,
+        choice=problem.space.vertex(summary["choice"]) if "choice" in summary else None,
+        seed=config.seed, fallback=config.fallback,
+        gradient_boosting=config.gradient_boosting, jit=jax.jit)
+    if ds.classes is not None:
+        summary["classes"] = list(ds.classes)
+    if "table" in summary:  # the tables were computed on one split: like for like only on it
+        table = enumeration.load_table(problem.space.name, problem.dataset, summary["table"])
+        summary["table_matches_split"] = table["settings"].get("split") == ds.split
+        summary["table_like_for_like"] = bool(summary.get("table_matches_budget")
+                                              and summary["table_matches_split"])
+    structure = json.loads(run.path("structure.json").read_text())
+    if decision.model == "linear":
+        structure = references.linear_structure(
+            problem.task, num_features=int(np.prod(ds.x_train.shape[1:])),
+            dataset=problem.dataset, replaces=structure, reason=decision.reason)
+    run.write_json("structure.json", {**structure, "classes": summary.get("classes"),
+                                      "split": ds.split})
     summary["wall_time_s"] = time.perf_counter() - start
     run.write_summary(summary)
     return summary

@@ -114,20 +114,23 @@ class Space:
         return {label: self.op_names[int(c)] for label, c in zip(self.edge_labels, choice)}
 
     def num_params(self, choice, x) -> int:
-        """Weights of the discrete model: stem + kept ops on live vertices + readout.
+        """Weights that reach the output: the stem, kept ops and readout on a path from the
+        input to the output that no zero op cuts (`references.path_num_params`); a structure
+        whose output does not depend on the input counts its constant output (num_outputs).
 
         `x`: model inputs as the family takes them (already `prepare`d, e.g. Problem.data).
         """
-        shapes = jax.eval_shape(lambda k: self.family.init(k, x[:1]), jax.random.key(0))
-        gamma = tuple(np.asarray(g) for g in self.gamma(np.asarray(choice)))
-        return int(self.family.num_params(shapes, gamma))
+        return int(self.all_num_params(np.asarray(choice)[None], x)[0])
 
     def all_num_params(self, choices, x) -> np.ndarray:
         """`num_params` of every row of `choices` (int array); `x` as for `num_params`."""
+        from structsel.search import references
+
         shapes = jax.eval_shape(lambda k: self.family.init(k, x[:1]), jax.random.key(0))
-        gammas = [np.asarray(g) for g in self.gamma(np.asarray(choices))]
-        return np.array([self.family.num_params(shapes, tuple(g[i] for g in gammas))
-                         for i in range(len(choices))], dtype=np.int64)
+        counts = self.family.param_counts(shapes)
+        num_outputs = self.family.validate(x[:1])[-1].shape[-1]
+        return np.array([references.path_num_params(self.family, counts, full, num_outputs)
+                         for full in self.vertex(np.asarray(choices))], dtype=np.int64)
 
     def export(self, choice) -> dict:
         """`family.export_structure` of a structure, plus the space name and choice."""
