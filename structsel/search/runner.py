@@ -363,6 +363,8 @@ def run_search(config: SearchConfig, *, progress: bool = True,
     ds = dataset if dataset is not None else load_data(
         dataset=config.dataset, data=config.data, target=config.target, task=config.task,
         split_seed=config.split_seed, budget=config.budget)
+    if ds.split is not None:  # a dataset passed in was split by its caller: record that seed
+        config = dataclasses.replace(config, split_seed=int(ds.split["seed"]))
     problem = make_problem(ds, config.space, config.budget)
     method = methods.METHODS[config.method]
     run = Run.create(config.workdir, config={**dataclasses.asdict(config),
