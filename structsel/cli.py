@@ -53,7 +53,7 @@ def _add_data_args(p: argparse.ArgumentParser, *, seed_help: str, split_help: st
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the three subcommands."""
-    from structsel.search import runner
+    from structsel.search import runner, spaces
 
     parser = argparse.ArgumentParser(prog="structsel", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -64,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
                    split_help="seed of the split alone, overriding --seed for it (e.g. "
                               "--split-seed 0: the split of the enumeration tables)")
     s.add_argument("--space", help=f"search space: {', '.join(runner.space_names())} "
-                                   "(default: conv1d3 for mnist1d, mlp3 otherwise)")
+                                   f"(default: {spaces.space_for_dataset('mnist1d')} for "
+                                   f"mnist1d, {spaces.space_for_dataset('table')} otherwise)")
     s.add_argument("--method", default="bayes",
                    help=f"search method: {', '.join(runner.method_names())} (default bayes)")
     s.add_argument("--relaxation", help="structure relaxation of the gradient methods "

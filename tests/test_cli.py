@@ -170,3 +170,24 @@ def test_other_split_is_not_scored_like_for_like(tmp_path, capsys):
     assert summary["table_like_for_like"] is False and summary["model"] == "selected structure"
     assert "not like for like" in runner.format_summary(summary)
     assert any("returning it anyway" in w for w in summary["warnings"])  # tiny budget
+
+
+def test_no_fallback_keeps_the_structure_and_retrain_counts_it_alike(tmp_path, capsys):
+    import json
+
+    data = _labelled_csv(tmp_path / "gh.csv", seed=1)
+    workdir = tmp_path / "k"
+    assert cli.main(["search", "--data", str(data), "--space", "mlp3", "--method", "random",
+                     "--budget", "tiny", "--no-fallback", "--no-gradient-boosting",
+                     "--workdir", str(workdir), "--no-progress"]) == 0
+    summary = json.loads((workdir / "summary.json").read_text())
+    structure = json.loads((workdir / "structure.json").read_text())
+    assert summary["model"] == "selected structure" and "fallback" not in summary
+    assert structure["format"] == "structsel.structure/1" and structure["classes"] == ["g", "h"]
+    assert cli.main(["retrain", "--structure", str(workdir / "structure.json"), "--data",
+                     str(data), "--budget", "tiny", "--seeds", "1", "--no-progress"]) == 0
+    rerun = json.loads((workdir / "retrain" / "summary.json").read_text())
+    assert rerun["selected"] == summary["selected"] and rerun["classes"] == ["g", "h"]
+    assert rerun["params"] == summary["params"]  # path counting on the rebuilt model
+    assert rerun["split"] == summary["split"]
+    assert "Traceback" not in capsys.readouterr().err
