@@ -96,15 +96,29 @@ def splits_of(dataset, reshape=None) -> Splits:
                     for i, a in enumerate(dataset[:6])))
 
 
+SCHEDULES = ("constant", "cosine")
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Adam(W) from scratch: `steps` steps of size `learning_rate` on minibatches of `batch_size`
-    rows (None: full batch)."""
+    """AdamW from scratch: `steps` steps on minibatches of `batch_size` rows (None: full
+    batch), decoupled weight decay `weight_decay`.
+
+    Learning rate: `learning_rate` throughout ("constant"), or a linear warm-up from 0 over
+    `warmup_steps` then a cosine decay to 0 at `steps` ("cosine", optax
+    `warmup_cosine_decay_schedule`). Early stopping: every `eval_every` steps (0: never)
+    the validation metric is computed and the weights with the best one so far are kept
+    (ties go to the later step); the last evaluation is at step `steps`. The defaults are
+    the original trainer, bit for bit.
+    """
 
     steps: int = 300
     learning_rate: float = 1e-2
     batch_size: int | None = None
     weight_decay: float = 1e-4
+    schedule: str = "constant"
+    warmup_steps: int = 0
+    eval_every: int = 0
 
     def __post_init__(self):
         if not isinstance(self.steps, int) or self.steps < 1:
@@ -116,6 +130,27 @@ class TrainConfig:
             raise ValueError(f"batch_size must be None or an int >= 1, got {self.batch_size!r}")
         if self.weight_decay < 0:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if (isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int)
+                or not 0 <= self.warmup_steps < self.steps):
+            raise ValueError(f"warmup_steps must be an int in 0..steps-1 ({self.steps - 1}), "
+                             f"got {self.warmup_steps!r}")
+        if self.warmup_steps and self.schedule == "constant":
+            raise ValueError("warmup_steps needs schedule='cosine' (the constant schedule has "
+                             f"no warm-up), got warmup_steps={self.warmup_steps}")
+        if (isinstance(self.eval_every, bool) or not isinstance(self.eval_every, int)
+                or not 0 <= self.eval_every <= self.steps):
+            raise ValueError(f"eval_every must be an int in 0..steps ({self.steps}); 0 turns "
+                             f"early stopping off, got {self.eval_every!r}")
+
+    def optimizer(self) -> optax.GradientTransformation:
+        """optax.adamw with this learning-rate schedule and weight decay."""
+        lr = self.learning_rate
+        if self.schedule == "cosine":
+            lr = optax.warmup_cosine_decay_schedule(0.0, self.learning_rate, self.warmup_steps,
+                                                    self.steps, 0.0)
+        return optax.adamw(lr, weight_decay=self.weight_decay)
 
 
 def forward(family, structure):
@@ -132,9 +167,25 @@ def fit(family, task, config: TrainConfig, structure, weights, data: Splits, *, 
 
     w_{t+1} = AdamW(w_t, grad_w loss(f(w_t, Gamma, x_B), y_B)), minibatches B_t drawn with
     fold_in(key, t) (full batch if config.batch_size is None). `structure`: a Gamma or a
-    vertex choice (see `forward`). Returns (weights, losses).
+    vertex choice (see `forward`). Returns (weights, losses): the final weights, or with
+    early stopping (config.eval_every > 0) the best-validation ones (`fit_with_stopping`).
     """
-    opt = optax.adamw(config.learning_rate, weight_decay=config.weight_decay)
+    weights, losses, _ = fit_with_stopping(family, task, config, structure, weights, data,
+                                           key=key)
+    return weights, losses
+
+
+def fit_with_stopping(family, task, config: TrainConfig, structure, weights, data: Splits, *,
+                      key):
+    """`fit`, also returning the step whose weights are returned (config.steps without
+    early stopping).
+
+    Early stopping in jittable form: the steps run as an outer `lax.scan` over blocks of
+    k = config.eval_every steps (an inner `lax.scan`), plus a last block of steps mod k;
+    after each block the validation metric m_t is computed and the carried best weights
+    are replaced when s m_t >= s m_best (s = +1 for accuracy, -1 for RMSE).
+    """
+    opt = config.optimizer()
     n = data.x_train.shape[0]
     batch = config.batch_size if config.batch_size is not None and config.batch_size < n else None
     apply = forward(family, structure)
@@ -153,24 +204,53 @@ def fit(family, task, config: TrainConfig, structure, weights, data: Splits, *, 
         updates, opt_state = opt.update(grads, opt_state, w)
         return (optax.apply_updates(w, updates), opt_state), loss
 
-    (weights, _), losses = jax.lax.scan(body, (weights, opt.init(weights)),
-                                        jnp.arange(config.steps))
-    return weights, losses
+    state = (weights, opt.init(weights))
+    if not config.eval_every:
+        (weights, _), losses = jax.lax.scan(body, state, jnp.arange(config.steps))
+        return weights, losses, jnp.asarray(config.steps)
+
+    sign = 1.0 if task.higher_is_better else -1.0
+    k = config.eval_every
+    blocks, rest = divmod(config.steps, k)
+
+    def run_block(carry, start, size):
+        state, best = carry
+        state, losses = jax.lax.scan(body, state, start + jnp.arange(size))
+        score = sign * task.metric(apply(state[0], data.x_val), data.y_val)
+        better = score >= best[1]
+        best = jax.tree.map(lambda new, old: jnp.where(better, new, old),
+                            (state[0], score, start + size), best)
+        return (state, best), losses
+
+    best = (weights, -jnp.inf, jnp.asarray(0))
+    carry, losses = jax.lax.scan(lambda c, s: run_block(c, s, k), (state, best),
+                                 k * jnp.arange(blocks))
+    losses = losses.reshape(-1)
+    if rest:
+        carry, last = run_block(carry, jnp.asarray(blocks * k), rest)
+        losses = jnp.concatenate([losses, last])
+    _, (weights, _, stop) = carry
+    return weights, losses, stop
 
 
 def train_structure(family, task, config: TrainConfig, structure, data: Splits, *, key):
     """Trains the discrete model at a vertex from scratch (w_0 ~ init(key)); its metrics.
 
     `structure`: the vertex as a one-hot Gamma or as a choice (see `forward`).
-    Returns {"train_loss", "val_metric", "test_metric"} (scalars).
+    Returns {"train_loss", "val_metric", "test_metric"} (scalars), and "stop_step" (the
+    step of the returned weights) with early stopping.
     """
     k_init, k_batch = jax.random.split(key)
     weights = family.init(k_init, data.x_train[:1])
-    weights, losses = fit(family, task, config, structure, weights, data, key=k_batch)
+    weights, losses, stop = fit_with_stopping(family, task, config, structure, weights, data,
+                                              key=k_batch)
     apply = forward(family, structure)
-    return {"train_loss": losses[-1],
-            "val_metric": task.metric(apply(weights, data.x_val), data.y_val),
-            "test_metric": task.metric(apply(weights, data.x_test), data.y_test)}
+    out = {"train_loss": losses[-1],
+           "val_metric": task.metric(apply(weights, data.x_val), data.y_val),
+           "test_metric": task.metric(apply(weights, data.x_test), data.y_test)}
+    if config.eval_every:
+        out["stop_step"] = stop
+    return out
 
 
 def train_structures(family, task, config: TrainConfig, structures, data: Splits, *, keys):

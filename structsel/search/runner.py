@@ -45,8 +45,12 @@ class Budget:
     name: str = "default"
     width: int = 16              # hidden width / channels of the cell
     train_steps: int = 200       # Adam steps of a discrete model trained from scratch
-    learning_rate: float = 1e-2  # of those steps
+    learning_rate: float = 1e-2  # of those steps (the peak of a cosine schedule)
     batch_size: int = 0          # minibatch of those steps (0: full batch)
+    weight_decay: float = 1e-4   # AdamW's decoupled weight decay of those steps
+    schedule: str = "constant"   # learning rate: "constant" or "cosine" (warm-up, decay to 0)
+    warmup_steps: int = 0        # linear warm-up steps of the cosine schedule
+    eval_every: int = 0          # early stopping: validation metric every k steps (0: off)
     search_steps: int = 150      # outer steps of the gradient methods
     inner_steps: int = 5         # inner steps per outer step
     search_lr: float = 3e-2      # Adam step on the structure parameters
@@ -61,21 +65,31 @@ class Budget:
     def __post_init__(self):
         if self.batching not in BATCHINGS:
             raise ValueError(f"budget batching must be one of {BATCHINGS}, got {self.batching!r}")
+        if self.schedule not in enumeration.SCHEDULES:
+            raise ValueError(f"budget schedule must be one of {enumeration.SCHEDULES}, "
+                             f"got {self.schedule!r}")
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if f.name in ("name", "batching"):
+            if f.name in ("name", "batching", "schedule"):
                 continue
-            lower = 0 if f.name in ("batch_size", "evaluations") else 1
+            lower = 0 if f.name in ("batch_size", "evaluations", "warmup_steps",
+                                    "eval_every") else 1
             if f.type in ("int",) and (not isinstance(value, int) or value < lower):
                 raise ValueError(f"budget {f.name} must be an int >= {lower}, got {value!r}")
-            if f.type in ("float",) and not (isinstance(value, (int, float)) and value > 0):
+            if f.name == "weight_decay":
+                if not (isinstance(value, (int, float)) and value >= 0):
+                    raise ValueError(f"budget weight_decay must be a number >= 0, got {value!r}")
+            elif f.type in ("float",) and not (isinstance(value, (int, float)) and value > 0):
                 raise ValueError(f"budget {f.name} must be a number > 0, got {value!r}")
+        self.train  # TrainConfig's checks (warm-up and evaluation period against the steps)
 
     @property
     def train(self) -> TrainConfig:
         """The from-scratch training of one discrete structure."""
         return TrainConfig(steps=self.train_steps, learning_rate=self.learning_rate,
-                           batch_size=self.batch_size or None)
+                           batch_size=self.batch_size or None, weight_decay=self.weight_decay,
+                           schedule=self.schedule, warmup_steps=self.warmup_steps,
+                           eval_every=self.eval_every)
 
     def restart_batching(self, layout: str) -> str:
         """'vmap' or 'map' for the restarts of a gradient search on a space of `layout`."""
@@ -97,24 +111,35 @@ BUDGETS = {
     # mnist1d sequences: minibatches and 8 channels keep the 125 x 3 enumeration ~10 min.
     "mnist1d": Budget("mnist1d", width=8, train_steps=400, batch_size=128, search_steps=100,
                       inner_steps=4),
+    # tables (space "tabular"): stream width 16 (blocks 16 / 64 / 256 wide), minibatch
+    # AdamW with warm-up + cosine decay and early stopping on the validation metric.
+    "tabular": Budget("tabular", width=16, train_steps=1500, learning_rate=3e-3,
+                      batch_size=128, weight_decay=1e-2, schedule="cosine", warmup_steps=75,
+                      eval_every=50, search_steps=100, inner_steps=5),
 }
 
 
 # Budget fields that decide what a from-scratch training measures: a search is scored
-# against a table like for like only when they equal the table's.
-TABLE_FIELDS = ("width", "train_steps", "learning_rate", "batch_size")
+# against a table like for like only when they equal the table's. A field missing from a
+# table's record (tables written before it existed) had the Budget default.
+TABLE_FIELDS = ("width", "train_steps", "learning_rate", "batch_size", "weight_decay",
+                "schedule", "warmup_steps", "eval_every")
 
 
 def table_matches(table: dict, budget: Budget) -> bool:
     """Whether `budget` trains structures as the enumeration `table` did (same data size too)."""
     fields = TABLE_FIELDS + (("mnist1d_samples",) if table.get("dataset") == "mnist1d" else ())
     stored = table.get("settings", {}).get("budget", {})
-    return all(stored.get(k) == getattr(budget, k) for k in fields)
+    defaults = {f.name: f.default for f in dataclasses.fields(Budget)}
+    return all(stored.get(k, defaults[k]) == getattr(budget, k) for k in fields)
 
 
-def default_budget(dataset: str) -> str:
-    """The preset used when none is given: 'mnist1d' for mnist1d, else 'default'."""
-    return "mnist1d" if dataset == "mnist1d" else "default"
+def default_budget(dataset: str, space: str | None = None) -> str:
+    """The preset used when none is given: 'mnist1d' for mnist1d, 'tabular' for the space
+    'tabular', else 'default' (also when `space` is None: the mlp3 tables' budget)."""
+    if dataset == "mnist1d":
+        return "mnist1d"
+    return "tabular" if space == "tabular" else "default"
 
 
 def budget_names() -> list[str]:
@@ -212,7 +237,7 @@ def search_config(*, data=None, target=None, task=None, dataset=None, space=None
     for name, value in (("seed", seed), ("split_seed", split_seed)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
             raise ValueError(f"{name} must be an int >= 0, got {value!r}")
-    budget = parse_budget(budget if budget is not None else default_budget(dataset))
+    budget = parse_budget(budget if budget is not None else default_budget(dataset, space))
     methods.METHODS[method].check(relaxation=relaxation, space=space)
     workdir = workdir or f"results/search/{dataset}_{method}_{seed}"
     return SearchConfig(dataset, data, target, task, space, method, relaxation, int(seed),
@@ -468,7 +493,7 @@ def run_enumeration(*, space: str, dataset: str, seeds: int = 3, seed: int = 0,
     """Trains every structure of `space` on `dataset` with `seeds` seeds; writes the table."""
     if space not in spaces.SPACES:
         raise ValueError(f"space must be one of {sorted(spaces.SPACES)}, got {space!r}")
-    b = parse_budget(budget if budget is not None else default_budget(dataset))
+    b = parse_budget(budget if budget is not None else default_budget(dataset, space))
     ds = load_data(dataset=dataset, data=None, target=None, task=None, split_seed=seed, budget=b)
     problem = make_problem(ds, space, b)
     if problem.space.discrete.size > 4096:

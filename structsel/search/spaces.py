@@ -159,11 +159,18 @@ def _conv_space(name: str, num_intermediate: int) -> Callable[..., Space]:
     return build
 
 
+def _tabular_space(*, num_outputs: int, width: int) -> Space:
+    """`structsel.search.tabular.tabular_space` (imported here: that module imports Space)."""
+    from structsel.search.tabular import tabular_space
+    return tabular_space(num_outputs=num_outputs, width=width)
+
+
 SPACES: dict[str, Callable[..., Space]] = {
     "mlp1": _mlp_space("mlp1", 1),
     "mlp3": _mlp_space("mlp3", 2),
     "mlp6": _mlp_space("mlp6", 3),
     "conv1d3": _conv_space("conv1d3", 2),
+    "tabular": _tabular_space,
 }
 
 
@@ -177,8 +184,8 @@ def build_space(name: str, *, num_outputs: int, width: int) -> Space:
 
 
 def space_for_dataset(dataset_name: str) -> str:
-    """Default space: conv1d3 for the mnist1d sequences, mlp3 for tabular data."""
-    return "conv1d3" if dataset_name == "mnist1d" else "mlp3"
+    """Default space: conv1d3 for the mnist1d sequences, tabular for tabular data."""
+    return "conv1d3" if dataset_name == "mnist1d" else "tabular"
 
 
 def structure_space(structure: dict, *, num_outputs: int, width: int) -> Space:
