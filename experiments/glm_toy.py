@@ -70,45 +70,39 @@ def stack_settings(rows: Sequence[Setting]) -> Setting:
 def glm_objective(num_features: int, *, relaxation: Relaxation = GumbelSoftmax(),
                   num_samples: int = 3, log_std_floor: float | None = -4.0,
                   noise_std: float = 0.5) -> Objective:
-    """The GLM objective; its static coefficients are unused (see `make_losses`)."""
+    """The GLM objective; its static coefficients are replaced per run (see `make_losses`)."""
     return Objective(glm_family(num_features), "gaussian", relaxation=relaxation,
                      num_samples=num_samples, log_std_floor=log_std_floor,
                      noise_std=noise_std)
 
 
 def make_losses(objective: Objective, references: Sequence[tuple] = ()):
-    """(-L/m, -Q/m) of method.md M6 with the coefficients read from the traced `Setting`.
+    """(-L/m, -Q/m) of method.md M6: the library's losses with the coefficients traced.
 
-    batch = (x, y, setting). lambda_struct[j] multiplies KL(p(Gamma|h) || references[j]).
+    batch = (x, y, setting): the run's lambdas reach `Objective` as `ctx.coefficients`
+    (lambda_struct[j] multiplies KL(p(Gamma|h) || references[j])), its lambda_temp as
+    `ctx.temperature`, and the ARD switch replaces log A after the warm-up.
     """
-    # sum_j lambda_j KL_j, with KL_j the library's term for a one-hot lambda_struct = e_j:
-    # the same references and keys as Objective.structure_penalty, so the same MC draws.
-    num = len(references)
-    ref_objs = tuple(dataclasses.replace(
+    objective = dataclasses.replace(
         objective, references=tuple(references),
-        coefficients=Coefficients(1.0, 1.0, 1.0, tuple(float(i == j) for i in range(num))))
-        for j in range(num))
+        coefficients=Coefficients(1.0, 1.0, 1.0, (0.0,) * len(references)))
 
     def prepare(hparams, batch, ctx):
         x, y, s = batch
-        ctx = ctx.replace(temperature=s.temperature.astype(ctx.temperature.dtype))
+        ctx = ctx.replace(temperature=s.temperature.astype(ctx.temperature.dtype),
+                          coefficients=Coefficients(s.lik_q, s.prior_q, s.prior_l, s.struct))
         fixed = s.fix_ard & jnp.logical_not(ctx.warmup)
         log_alpha = jax.tree.map(lambda a: jnp.where(fixed, s.fixed_log_alpha, a),
                                  hparams["log_alpha"])
-        return dict(hparams, log_alpha=log_alpha), (x, y), s, ctx
+        return dict(hparams, log_alpha=log_alpha), (x, y), ctx
 
     def inner(params, hparams, batch, ctx):
-        hparams, data, s, ctx = prepare(hparams, batch, ctx)
-        tm = objective.terms(params, hparams, data, ctx)
-        return -tm.log_lik + s.prior_l * (tm.kl_weights + tm.kl_structure) / data[0].shape[0]
+        hparams, data, ctx = prepare(hparams, batch, ctx)
+        return objective.inner_loss(params, hparams, data, ctx)
 
     def outer(params, hparams, batch, ctx):
-        hparams, data, s, ctx = prepare(hparams, batch, ctx)
-        tm = objective.terms(params, hparams, data, ctx)
-        extra = s.prior_q * (tm.kl_weights + tm.kl_structure) - objective.log_hyperprior(hparams)
-        for j, ro in enumerate(ref_objs):
-            extra = extra + s.struct[j] * ro.structure_penalty(hparams, ctx)
-        return -s.lik_q * tm.log_lik + extra / data[0].shape[0]
+        hparams, data, ctx = prepare(hparams, batch, ctx)
+        return objective.outer_loss(params, hparams, data, ctx)
 
     return inner, outer
 

@@ -77,7 +77,7 @@ def restarts(args) -> dict:
     ds = runner.load_data(dataset="mnist1d", data=None, target=None, task=None, split_seed=0,
                           budget=budget)
     problem = runner.make_problem(ds, "conv1d3", budget)
-    obj, trainer, _ = methods._program(methods.METHODS["darts1"], problem.space, problem.task,
+    obj, trainer, _ = methods.PROGRAMS.get(methods.METHODS["darts1"], problem.space, problem.task,
                                        budget, None)
     d = problem.data
     train, val = (d.x_train, d.y_train), (d.x_val, d.y_val)

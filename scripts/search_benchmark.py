@@ -30,7 +30,7 @@ import numpy as np
 
 from structsel.search import enumeration, methods, runner
 
-GRADIENT = ["bayes", "darts1", "darts2", "gdas", "drnas", "logitnormal"]
+GRADIENT = ["bayes", "bayes_outer", "darts1", "darts2", "gdas", "drnas", "logitnormal"]
 
 
 def _stats(values) -> dict:
@@ -57,6 +57,9 @@ def bench_methods(names, *, seeds: int, budget: runner.Budget, table: dict,
         start = time.perf_counter()
         outcome = methods.METHODS[name].search(prob, evaluator, key=runner.prng_key(0),
                                                restarts=seeds)
+        path = outcome.extra.get("kl_weight_of_run")
+        if path:  # a complexity path: retrain each seed's proposals, choose on validation
+            outcome = _select_per_restart(prob, evaluator, outcome, seeds)
         wall = time.perf_counter() - start
         row = {"wall_time_s_total": wall, "wall_time_s_per_seed": wall / seeds,
                "num_evaluations": int(outcome.num_evaluations), "extra": outcome.extra}
@@ -81,6 +84,42 @@ def bench_methods(names, *, seeds: int, budget: runner.Budget, table: dict,
                                               f"test {row['test_metric']['mean']:.4f}"),
               flush=True)
     return out
+
+
+def _select_per_restart(problem, evaluator, outcome, seeds):
+    """One selection per seed from its path's proposals (`selection.select`, as `structsel
+    search` does), counted in the evaluations; the outcome's rows become the selections."""
+    import jax
+
+    from structsel.search import selection
+
+    proposals = np.asarray(outcome.choices)
+    restart = np.asarray(outcome.extra["restart_of_run"])
+    c_of_run = np.asarray(outcome.extra["kl_weight_of_run"])
+    chosen, path, before = [], [], evaluator.count
+    x = np.asarray(problem.data.x_train)
+    for r in range(seeds):
+        keys = jax.random.split(jax.random.fold_in(runner.prng_key(1), r),
+                                problem.budget.retrain_seeds)
+        cand = proposals[restart == r]
+        sel = selection.select(evaluator, problem.space, cand, keys=keys, x_train=x,
+                               higher_is_better=problem.task.higher_is_better)
+        best = sel.choices[sel.best]
+        chosen.append(best)
+        path.append({"kl_weights": [float(c) for c, p in zip(c_of_run[restart == r], cand)
+                                    if np.array_equal(p, best)],
+                     "num_candidates": len(sel.choices),
+                     "candidates": sel.choices.tolist(),
+                     "candidate_val_seeds": sel.val.tolist(),
+                     "candidate_test": sel.test.mean(1).tolist(),
+                     "candidate_val": sel.val.mean(1).tolist(),
+                     "candidate_params": sel.params.tolist(),
+                     "tolerance": sel.tolerance})
+    retrains = (evaluator.count - before) // seeds
+    extra = dict(outcome.extra, selection=path, retrain_evaluations_per_seed=int(retrains))
+    return outcome._replace(choices=np.stack(chosen),
+                            num_evaluations=outcome.num_evaluations + int(retrains),
+                            extra=extra)
 
 
 def bench_tabular(*, budget: runner.Budget, seeds: int, dataset: str = "breast_cancer",

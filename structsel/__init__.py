@@ -12,6 +12,7 @@ re-exported here).
 
 from structsel import basis as basis
 from structsel import data as data
+from structsel import evidence as evidence
 from structsel import family as family
 from structsel import pruning as pruning
 from structsel import variational as variational
@@ -50,7 +51,10 @@ from structsel.hypergradient import (
 from structsel.objective import (
     Coefficients as Coefficients,
     Context as Context,
+    GaussianWeights as GaussianWeights,
     Objective as Objective,
+    PointWeights as PointWeights,
+    coefficient_batch as coefficient_batch,
     darts as darts,
     elbo as elbo,
     max_likelihood as max_likelihood,
@@ -77,9 +81,10 @@ from structsel.structure import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "basis", "data", "family", "pruning", "variational",
+    "basis", "data", "evidence", "family", "pruning", "variational",
     "BilevelState", "BilevelTrainer", "DivergenceError", "check_divergence",
-    "Coefficients", "Context", "Objective", "darts", "elbo", "max_likelihood", "single_level",
+    "Coefficients", "Context", "GaussianWeights", "Objective", "PointWeights",
+    "coefficient_batch", "darts", "elbo", "max_likelihood", "single_level",
     "parametric_complexity", "prune", "relative_density",
     "dirichlet", "gumbel_softmax", "kl_divergence", "logit_normal",
     "Edge", "Family", "darts_cell", "discrete_model", "export_structure", "glm_family",

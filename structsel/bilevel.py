@@ -77,7 +77,9 @@ def exponential(t0: float, t1: float, steps: int) -> Schedule:
 
 @flax.struct.dataclass
 class BilevelState:
-    """Trainer state: theta (params), h (hparams), both optimiser states, step, PRNG key."""
+    """Trainer state: theta (params), h (hparams), both optimiser states, step, PRNG key,
+    and the run's traced objective coefficients (`objective.Coefficients` of arrays, passed
+    to the losses as ``ctx.coefficients``; None: the objective's static ones)."""
 
     params: Any
     hparams: Any
@@ -85,6 +87,7 @@ class BilevelState:
     outer_opt_state: Any
     step: jax.Array
     key: jax.Array
+    coefficients: Any = None
 
 
 class DivergenceError(RuntimeError):
@@ -175,23 +178,27 @@ class BilevelTrainer:
         if self.structure_fn is not None and not callable(self.structure_fn):
             raise ValueError("structure_fn must be None or a callable (params, hparams, ctx)")
 
-    def init(self, params, hparams, *, key) -> BilevelState:
-        """Initial state: optimiser states of theta and h, step 0, the run's PRNG key."""
+    def init(self, params, hparams, *, key, coefficients=None) -> BilevelState:
+        """Initial state: optimiser states of theta and h, step 0, the run's PRNG key and
+        (optionally) its traced coefficients."""
         return BilevelState(params=params, hparams=hparams,
                             inner_opt_state=self.inner_opt.init(params),
                             outer_opt_state=self.outer_opt.init(hparams),
-                            step=jnp.zeros((), jnp.int32), key=key)
+                            step=jnp.zeros((), jnp.int32), key=key, coefficients=coefficients)
 
-    def init_many(self, init_fn: Callable, keys) -> BilevelState:
-        """Batched initial states: ``init_fn(key) -> (params, hparams)`` vmapped over keys."""
-        def one(key):
+    def init_many(self, init_fn: Callable, keys, coefficients=None) -> BilevelState:
+        """Batched initial states: ``init_fn(key) -> (params, hparams)`` vmapped over keys;
+        ``coefficients`` (optional, e.g. ``objective.coefficient_batch``) has the same
+        leading run axis as ``keys``: runs with different lambdas in one program."""
+        def one(key, coef):
             k_init, k_run = jax.random.split(key)
             params, hparams = init_fn(k_init)
-            return self.init(params, hparams, key=k_run)
-        return jax.vmap(one)(keys)
+            return self.init(params, hparams, key=k_run, coefficients=coef)
+        return jax.vmap(one)(keys, coefficients)
 
-    def _context(self, key, step) -> Context:
-        return Context.create(key, self.temperature(step), step < self.warmup_steps)
+    def _context(self, key, step, coefficients=None) -> Context:
+        return Context(key, jnp.asarray(self.temperature(step), jnp.result_type(float)),
+                       jnp.asarray(step < self.warmup_steps), coefficients)
 
     def step(self, state: BilevelState, train_batch, val_batch):
         """One outer step: ``inner_steps`` optax steps on theta, then h <- optax(dQ/dh).
@@ -202,7 +209,7 @@ class BilevelTrainer:
         """
         keys = jax.random.split(jax.random.fold_in(state.key, state.step), self.inner_steps + 3)
         k_inner, (k_hyper_in, k_hyper_out, k_struct) = keys[:-3], keys[-3:]
-        ctx0 = self._context(k_struct, state.step)
+        ctx0 = self._context(k_struct, state.step, state.coefficients)
         hparams = state.hparams
 
         def inner_body(carry, key):
@@ -229,7 +236,8 @@ class BilevelTrainer:
         new_state = BilevelState(params=params, hparams=new_hparams,
                                  inner_opt_state=inner_opt_state,
                                  outer_opt_state=outer_opt_state,
-                                 step=state.step + 1, key=state.key)
+                                 step=state.step + 1, key=state.key,
+                                 coefficients=state.coefficients)
         new_state = _select(code == 0, new_state, state)
         metrics = {"step": state.step, "inner_loss": inner_losses[-1], "outer_loss": outer,
                    "hypergradient_norm": optax.tree.norm(hgrad),

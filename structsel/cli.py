@@ -77,6 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"preset ({', '.join(runner.budget_names())}) optionally followed "
                         "by overrides, e.g. 'small,search_steps=100,train_steps=200' "
                         "(default: 'mnist1d' for mnist1d, else 'default')")
+    s.add_argument("--kl-weight", metavar="C[,C...]",
+                   help="KL weight c of the Bayesian methods (bayes, bayes_outer): the ELBO "
+                        "at an effective sample size m / c (c = 1: the evidence bound of "
+                        "this data set). One value, or a comma list run as a complexity "
+                        "path, each selection retrained and the best on validation kept "
+                        "(default: the path 1,0.3,0.1,0.03,0.01)")
     s.add_argument("--no-fallback", action="store_true",
                    help="return the selected structure even when it does not beat the "
                         "linear model on validation (the warning is still printed)")
@@ -118,7 +124,7 @@ def _search(args) -> int:
         space=args.space, method=args.method, relaxation=args.relaxation, seed=args.seed,
         split_seed=args.split_seed, seeds=args.seeds, budget=args.budget,
         workdir=args.workdir, fallback=not args.no_fallback,
-        gradient_boosting=not args.no_gradient_boosting)
+        gradient_boosting=not args.no_gradient_boosting, kl_weights=args.kl_weight)
     summary = runner.run_search(config, progress=not args.no_progress)
     print(runner.format_summary(summary))
     for warning in summary.get("warnings", []):

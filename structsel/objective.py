@@ -27,13 +27,22 @@ with KL(q || p(. | h)) = KL(q(w, Gamma) || p(w, Gamma | h)) decomposed as in
   warm-up prior N(0, A^{-1}) replaces N(0, gamma^2 A^{-1}) while `ctx.warmup` is True.
 - randomness: the same `ctx.key` gives the same samples in both losses (common random
   numbers); callers fold in a step index or use different keys per level.
+- traced coefficients: `ctx.coefficients` (a `Coefficients` of arrays, or None for the
+  objective's own static `coefficients`) overrides the lambdas per call, so runs with
+  different lambdas share one compiled program and vmap (`coefficient_batch`). Only the
+  number of lambda_struct (one per reference) is static.
 
-Variables. Bayesian (`weights="gaussian"`): params = {"w": GaussianPosterior, "struct":
-per-edge theta_q}, hparams = {"log_alpha": ARD log precisions like the weights, "struct":
-per-edge prior parameters (stochastic relaxations only), "log_noise" (learned noise
-only)}. DARTS (`weights="point"`, coefficients `darts()`, relaxation `Softmax()`): params =
-point weights, hparams = per-edge architecture logits alpha; -L, -Q are the train /
-validation negative log-likelihoods (cross-entropy) at gamma = relaxation(alpha).
+Variables: the weight model is a strategy value (`GaussianWeights`, `PointWeights`; the
+strings "gaussian" / "point" name their defaults). Bayesian (`GaussianWeights()`): params =
+{"w": GaussianPosterior, "struct": per-edge theta_q}, hparams = {"log_alpha": ARD log
+precisions like the weights, "struct": per-edge prior parameters (stochastic relaxations
+only), "log_noise" (learned noise only)}. With `GaussianWeights(structure="outer")` the
+parameters theta_q of q(Gamma) move from params to hparams["q_struct"]: q(Gamma) is then
+trained by the outer objective (validation likelihood plus its lambda-weighted KL), as
+DARTS trains its architecture logits, instead of by the training-set ELBO. DARTS
+(`PointWeights()`, coefficients `darts()`, relaxation `Softmax()`): params = point
+weights, hparams = per-edge architecture logits alpha; -L, -Q are the train / validation
+negative log-likelihoods (cross-entropy) at gamma = relaxation(alpha).
 """
 
 from __future__ import annotations
@@ -41,7 +50,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import distrax
 import flax.struct
@@ -58,16 +67,21 @@ from structsel.variational import (init_posterior, inv_gamma_log_prior,
 PyTree = Any
 
 __all__ = ["Coefficients", "max_likelihood", "elbo", "single_level", "darts", "Context",
-           "Terms", "Objective", "LIKELIHOODS", "WEIGHTS"]
+           "Terms", "Objective", "LIKELIHOODS", "WEIGHTS", "GaussianWeights", "PointWeights",
+           "coefficient_batch"]
 
 
 class Coefficients(NamedTuple):
-    """(lambda_lik^Q, lambda_prior^Q, lambda_prior^L, lambda_struct per reference p')."""
+    """(lambda_lik^Q, lambda_prior^Q, lambda_prior^L, lambda_struct per reference p').
 
-    lik_q: float = 1.0
-    prior_q: float = 1.0
-    prior_l: float = 1.0
-    struct: tuple = ()
+    Python floats (a static setting of an `Objective`) or arrays (traced per run through
+    `Context.coefficients`; see `coefficient_batch`).
+    """
+
+    lik_q: Any = 1.0
+    prior_q: Any = 1.0
+    prior_l: Any = 1.0
+    struct: Any = ()
 
 
 def max_likelihood() -> Coefficients:
@@ -81,7 +95,12 @@ def elbo() -> Coefficients:
 
 
 def single_level(c: float = 1.0) -> Coefficients:
-    """lambda_prior^Q / lambda_lik^Q = lambda_prior^L = c: one joint problem (ELBO at m / c)."""
+    """lambda_prior^Q / lambda_lik^Q = lambda_prior^L = c: one joint problem (ELBO at m / c).
+
+    c is the KL weight of a tempered (cold-posterior) ELBO: E log p - c KL = c (E log p / c
+    - KL), the ELBO of the data set counted 1/c times. At c != 1 it is no longer a bound on
+    the evidence of this data set.
+    """
     return Coefficients(1.0, float(c), float(c))
 
 
@@ -90,18 +109,64 @@ def darts() -> Coefficients:
     return Coefficients(1.0, 0.0, 0.0)
 
 
+def _check_float(name: str, value: Any, *, minimum: float | None = None,
+                 positive: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite Python number, got {value!r}")
+    if (minimum is not None and value < minimum) or (positive and value <= 0):
+        bound = "> 0" if positive else f">= {minimum}"
+        raise ValueError(f"{name} must be {bound}, got {value!r}")
+    return float(value)
+
+
+def _check_coefficients(c: Any, name: str = "coefficients") -> Coefficients:
+    """Validated Coefficients of Python floats (finite; lambda_struct may be negative)."""
+    if not isinstance(c, tuple) or len(c) != 4:
+        raise ValueError(f"{name} must be a Coefficients(lik_q, prior_q, prior_l, struct), "
+                         f"got {c!r}")
+    return Coefficients(*(_check_float(f"{name}.{n}", v) for n, v in
+                          zip(Coefficients._fields[:3], c[:3])),
+                        tuple(_check_float(f"{name}.struct", v) for v in c[3]))
+
+
+def coefficient_batch(rows, dtype=None) -> Coefficients:
+    """Stacks per-run `Coefficients` of Python floats into one `Coefficients` of arrays
+    with a leading run axis (each field (R,), struct (R, P)), for `Context.coefficients`
+    under `jax.vmap` (e.g. `BilevelTrainer.init_many(..., coefficients=...)`).
+
+    Every row is validated (finite numbers, the same number P of lambda_struct).
+    """
+    rows = [_check_coefficients(r, f"coefficients[{i}]") for i, r in enumerate(rows)]
+    if not rows:
+        raise ValueError("coefficient_batch needs at least one Coefficients row")
+    if len({len(r.struct) for r in rows}) != 1:
+        raise ValueError("every Coefficients row must have the same number of lambda_struct, "
+                         f"got {[len(r.struct) for r in rows]}")
+    dtype = dtype or jnp.result_type(float)
+    col = lambda i: jnp.asarray([r[i] for r in rows], dtype)  # noqa: E731
+    struct = jnp.asarray([r.struct for r in rows], dtype).reshape(len(rows), len(rows[0].struct))
+    return Coefficients(col(0), col(1), col(2), struct)
+
+
 @flax.struct.dataclass
 class Context:
-    """Per-step inputs: PRNG key, temperature lambda_temp, warm-up flag (prior N(0, A^{-1}))."""
+    """Per-step inputs: PRNG key, temperature lambda_temp, warm-up flag (prior N(0, A^{-1})),
+    and optionally traced coefficients (None: the objective's static ones)."""
 
     key: jax.Array
     temperature: jax.Array
     warmup: jax.Array
+    coefficients: Any = None
 
     @classmethod
-    def create(cls, key: jax.Array, temperature: float = 1.0, warmup: bool = False) -> "Context":
+    def create(cls, key: jax.Array, temperature: float = 1.0, warmup: bool = False,
+               coefficients: Coefficients | None = None) -> "Context":
         """A context with the temperature and the flag as arrays (traceable, jit-friendly)."""
-        return cls(key, jnp.asarray(temperature, jnp.result_type(float)), jnp.asarray(warmup))
+        if coefficients is not None:
+            coefficients = Coefficients(*(jnp.asarray(v, jnp.result_type(float))
+                                          for v in coefficients))
+        return cls(key, jnp.asarray(temperature, jnp.result_type(float)), jnp.asarray(warmup),
+                   coefficients)
 
 
 class Terms(NamedTuple):
@@ -143,17 +208,106 @@ class _Categorical:
 _LIKELIHOODS = {"gaussian": lambda noise_std: _Gaussian(noise_std),
                 "categorical": lambda noise_std: _Categorical()}
 LIKELIHOODS = tuple(_LIKELIHOODS)
-WEIGHTS = ("gaussian", "point")
 
 
-def _check_float(name: str, value: Any, *, minimum: float | None = None,
-                 positive: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite Python number, got {value!r}")
-    if (minimum is not None and value < minimum) or (positive and value <= 0):
-        bound = "> 0" if positive else f">= {minimum}"
-        raise ValueError(f"{name} must be {bound}, got {value!r}")
-    return float(value)
+# ---------------------------------------------------------------------- weight models
+STRUCTURE_LEVELS = ("inner", "outer")
+
+
+@dataclasses.dataclass(frozen=True)
+class GaussianWeights:
+    """Variational q(w) = N(mu, diag sigma^2) with the ARD prior p(w | Gamma, h) (M4).
+
+    `structure`: where the parameters theta_q of q(Gamma) live: "inner" (params["struct"],
+    trained by the training-set ELBO L, the thesis' form) or "outer" (hparams["q_struct"],
+    trained by Q on validation data, as DARTS trains its architecture logits).
+    """
+
+    structure: str = "inner"
+    name: ClassVar[str] = "gaussian"
+    bayesian: ClassVar[bool] = True
+
+    def __post_init__(self):
+        if self.structure not in STRUCTURE_LEVELS:
+            raise ValueError(f"GaussianWeights structure must be one of {STRUCTURE_LEVELS}, "
+                             f"got {self.structure!r}")
+
+    def check(self, obj: "Objective") -> None:
+        pass
+
+    def init(self, obj: "Objective", weights, thetas, dtype):
+        params = {"w": init_posterior(weights, obj.init_log_sigma)}
+        hparams = {"log_alpha": jax.tree.map(lambda w: jnp.full_like(w, obj.init_log_alpha),
+                                             weights)}
+        if self.structure == "inner":
+            params["struct"] = thetas
+        else:
+            hparams["q_struct"] = thetas
+        return params, hparams
+
+    def thetas(self, params, hparams):
+        """Per-edge parameters of q(Gamma)."""
+        return params["struct"] if self.structure == "inner" else hparams["q_struct"]
+
+    def sample(self, params, *, key):
+        return sample_weights(params["w"], key=key)
+
+    def mean(self, params):
+        return params["w"].mu
+
+    def kl(self, obj: "Objective", params, hparams, gamma, ctx: Context) -> jax.Array:
+        """KL(q(w) || p(w | Gamma, h)) at one sample of Gamma."""
+        return weight_kl(params["w"], hparams["log_alpha"], log_structure(gamma),
+                         warmup=ctx.warmup, log_std_floor=obj.log_std_floor)
+
+    def structure_kl(self, obj: "Objective", params, hparams, ctx: Context, key) -> jax.Array:
+        return structure_kl(obj.relaxation, self.thetas(params, hparams),
+                            hparams.get("struct", ()), ctx.temperature, key=key,
+                            num_samples=obj.num_samples)
+
+    def log_hyperprior(self, obj: "Objective", hparams) -> jax.Array:
+        return inv_gamma_log_prior(hparams["log_alpha"], *obj.inv_gamma)
+
+
+@dataclasses.dataclass(frozen=True)
+class PointWeights:
+    """Point weights w (DARTS): no q(w), no priors; the architecture logits alpha are h."""
+
+    name: ClassVar[str] = "point"
+    bayesian: ClassVar[bool] = False
+
+    def check(self, obj: "Objective") -> None:
+        c = obj.coefficients
+        if (c.prior_q or c.prior_l or obj.references or any(obj.inv_gamma)
+                or obj.noise_std is None):
+            raise ValueError("weights='point' has no priors: it needs coefficients with "
+                             "prior_q = prior_l = 0 (e.g. darts()), no references, "
+                             "inv_gamma=(0, 0) and a fixed noise_std")
+
+    def init(self, obj, weights, thetas, dtype):
+        return weights, thetas
+
+    def thetas(self, params, hparams):
+        return hparams
+
+    def sample(self, params, *, key):
+        return params
+
+    def mean(self, params):
+        return params
+
+    def kl(self, obj, params, hparams, gamma, ctx) -> jax.Array:
+        return jnp.zeros(())
+
+    def structure_kl(self, obj, params, hparams, ctx, key) -> jax.Array:
+        return jnp.zeros(())
+
+    def log_hyperprior(self, obj, hparams) -> jax.Array:
+        return jnp.zeros(())
+
+
+_WEIGHTS = {"gaussian": GaussianWeights(), "point": PointWeights()}
+WEIGHTS = tuple(_WEIGHTS)
 
 
 def _check_count(name: str, value: Any, allow_none: bool) -> None:
@@ -162,10 +316,6 @@ def _check_count(name: str, value: Any, allow_none: bool) -> None:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"{name} must be a positive int{' or None' if allow_none else ''}, "
                          f"got {value!r}")
-
-
-def _sum(values) -> jax.Array:
-    return sum(values, jnp.zeros(()))
 
 
 # -------------------------------------------------------------------------- objective
@@ -178,7 +328,8 @@ class Objective:
       likelihood: "gaussian" (regression) or "categorical" (softmax classification).
       relaxation: structure relaxation strategy (`structsel.structure`); q(Gamma) and
         p(Gamma | h) are its distributions.
-      coefficients: `Coefficients` (see the presets).
+      coefficients: `Coefficients` (see the presets); `ctx.coefficients`, when given,
+        overrides them per call (traced).
       references: the set P, a tuple of references, each a tuple over edges of
         distributions over gamma; one lambda_struct per reference.
       num_samples: r, Monte Carlo samples of (w, Gamma) (and of MC structure KLs).
@@ -186,7 +337,8 @@ class Objective:
       log_std_floor: floor of the prior log std (`structsel.variational`); None: none.
       inv_gamma: (lambda_1, lambda_2) of the inv-gamma regulariser on A^{-1}; (0, 0): none.
       noise_std: Gaussian noise std, or None to learn it in h.
-      weights: "gaussian" (variational q(w)) or "point" (DARTS point weights).
+      weights: the weight model, `GaussianWeights(...)` (variational q(w)) or
+        `PointWeights()` (DARTS point weights); "gaussian" / "point" name their defaults.
       init_log_sigma, init_log_alpha: initial log sigma of q(w) and log A.
     """
 
@@ -200,30 +352,30 @@ class Objective:
     log_std_floor: float | None = -4.0
     inv_gamma: tuple[float, float] = (0.0, 0.0)
     noise_std: float | None = 1.0
-    weights: str = "gaussian"
+    weights: Any = "gaussian"
     num_data_outer: int | None = None
     init_log_sigma: float = -3.0
     init_log_alpha: float = 0.0
 
     def __post_init__(self):
-        setf = lambda name, value: object.__setattr__(self, name, value)
+        setf = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
         if not isinstance(self.family, Family):
             raise ValueError(f"family must be a structsel.family.Family, got {self.family!r}")
         if self.likelihood not in LIKELIHOODS:
             raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {self.likelihood!r}")
-        if self.weights not in WEIGHTS:
-            raise ValueError(f"weights must be one of {WEIGHTS}, got {self.weights!r}")
+        if isinstance(self.weights, str):
+            if self.weights not in _WEIGHTS:
+                raise ValueError(f"weights must be one of {WEIGHTS} or a weight model "
+                                 f"(GaussianWeights, PointWeights), got {self.weights!r}")
+            setf("weights", _WEIGHTS[self.weights])
+        elif not isinstance(self.weights, (GaussianWeights, PointWeights)):
+            raise ValueError(f"weights must be one of {WEIGHTS} or a weight model "
+                             f"(GaussianWeights, PointWeights), got {self.weights!r}")
         if not isinstance(self.relaxation, Relaxation):
             raise ValueError(f"relaxation must be a structsel.structure relaxation (Softmax, "
                              f"Sigmoid, GumbelSoftmax, Dirichlet, LogitNormal), got "
                              f"{self.relaxation!r}")
-        c = self.coefficients
-        if not isinstance(c, tuple) or len(c) != 4:
-            raise ValueError(f"coefficients must be a Coefficients(lik_q, prior_q, prior_l, "
-                             f"struct), got {c!r}")
-        c = Coefficients(*(_check_float(f"coefficients.{n}", v) for n, v in
-                           zip(Coefficients._fields[:3], c[:3])),
-                         tuple(_check_float("coefficients.struct", v) for v in c[3]))
+        c = _check_coefficients(self.coefficients)
         setf("coefficients", c)
         setf("references", tuple(tuple(r) for r in self.references))
         if len(c.struct) != len(self.references):
@@ -248,11 +400,7 @@ class Objective:
             setf("noise_std", _check_float("noise_std", self.noise_std, positive=True))
         setf("init_log_sigma", _check_float("init_log_sigma", self.init_log_sigma))
         setf("init_log_alpha", _check_float("init_log_alpha", self.init_log_alpha))
-        if self.weights == "point" and (c.prior_q or c.prior_l or self.references
-                                        or any(self.inv_gamma) or self.noise_std is None):
-            raise ValueError("weights='point' has no priors: it needs coefficients with "
-                             "prior_q = prior_l = 0 (e.g. darts()), no references, "
-                             "inv_gamma=(0, 0) and a fixed noise_std")
+        self.weights.check(self)
 
     # ---------------------------------------------------------------- helpers
     @property
@@ -265,12 +413,18 @@ class Objective:
             raise ValueError("batch must be a pair (x, y)")
         return batch
 
-    def _thetas(self, params, hparams):
-        """Per-edge structure parameters of q(Gamma) (Bayesian) or alpha (point)."""
-        return hparams if self.weights == "point" else params["struct"]
-
     def _scale(self, x, num_data):
         return float(num_data) if num_data is not None else float(jnp.shape(x)[0])
+
+    def lambdas(self, ctx: Context) -> Coefficients:
+        """The coefficients in force: `ctx.coefficients` if given (traced), else the static ones."""
+        c = ctx.coefficients
+        if c is None:
+            return self.coefficients
+        if jnp.shape(c.struct)[-1:] != (len(self.references),):
+            raise ValueError(f"ctx.coefficients.struct must have one lambda_struct per reference "
+                             f"({len(self.references)}), got shape {jnp.shape(c.struct)}")
+        return c
 
     # ---------------------------------------------------------------- public API
     def init(self, key: jax.Array, x) -> tuple[PyTree, PyTree]:
@@ -284,14 +438,12 @@ class Objective:
             dtype = jnp.result_type(float)
         weights = jax.tree.map(lambda w: jnp.asarray(w, dtype), self.family.init(key, x))
         thetas = tuple(self.relaxation.init(k, dtype) for k in self.family.num_ops)
-        if self.weights == "point":
-            return weights, thetas
-        params = {"w": init_posterior(weights, self.init_log_sigma), "struct": thetas}
-        hparams = {"log_alpha": jax.tree.map(lambda w: jnp.full_like(w, self.init_log_alpha),
-                                             weights)}
-        if self.relaxation.stochastic:
-            hparams["struct"] = tuple(self.relaxation.init(k, dtype) for k in self.family.num_ops)
-        hparams.update(self._lik.init(dtype))
+        params, hparams = self.weights.init(self, weights, thetas, dtype)
+        if self.weights.bayesian:
+            if self.relaxation.stochastic:
+                hparams["struct"] = tuple(self.relaxation.init(k, dtype)
+                                          for k in self.family.num_ops)
+            hparams.update(self._lik.init(dtype))
         return params, hparams
 
     def terms(self, params, hparams, batch, ctx: Context) -> Terms:
@@ -303,57 +455,51 @@ class Objective:
         """
         x, y = self._unpack(batch)
         k_samples, k_struct = jax.random.split(ctx.key)
-        t = ctx.temperature
-        point = self.weights == "point"
+        t, wm = ctx.temperature, self.weights
+        thetas = wm.thetas(params, hparams)
 
         def one(k):
             k_w, k_g = jax.random.split(k)
-            gamma = sample_structure(self.relaxation, self._thetas(params, hparams), t, key=k_g)
-            w = params if point else sample_weights(params["w"], key=k_w)
+            gamma = sample_structure(self.relaxation, thetas, t, key=k_g)
+            w = wm.sample(params, key=k_w)
             log_lik = jnp.mean(self._lik.log_prob(self.family.apply(w, gamma, x), y, hparams))
-            if point:
-                return log_lik, jnp.zeros(())
-            return log_lik, weight_kl(params["w"], hparams["log_alpha"], log_structure(gamma),
-                                      warmup=ctx.warmup, log_std_floor=self.log_std_floor)
+            return log_lik, wm.kl(self, params, hparams, gamma, ctx)
 
         log_lik, kl_w = jax.vmap(one)(jax.random.split(k_samples, self.num_samples))
-        kl_s = jnp.zeros(()) if point else structure_kl(
-            self.relaxation, params["struct"], hparams.get("struct", ()), t, key=k_struct,
-            num_samples=self.num_samples)
+        kl_s = wm.structure_kl(self, params, hparams, ctx, k_struct)
         return Terms(jnp.mean(log_lik), jnp.mean(kl_w), kl_s)
 
     def structure_penalty(self, hparams, ctx: Context) -> jax.Array:
         """sum_{p' in P} lambda_struct[p'] sum_e KL(p(gamma^e | h) || p'^e) (0 if P is empty)."""
         if not self.references:
             return jnp.zeros(())
+        lambdas = jnp.asarray(self.lambdas(ctx).struct)
         keys = jax.random.split(jax.random.fold_in(ctx.key, 1),
                                 len(self.references) * self.family.num_edges)
         total, i = jnp.zeros(()), 0
-        for lam, ref in zip(self.coefficients.struct, self.references):
+        for j, ref in enumerate(self.references):
             for theta, p_ref in zip(hparams["struct"], ref):
                 prior = self.relaxation.distribution(theta, ctx.temperature)
-                total = total + lam * kl_divergence(prior, p_ref, key=keys[i],
-                                                    num_samples=self.num_samples)
+                total = total + lambdas[..., j] * kl_divergence(prior, p_ref, key=keys[i],
+                                                                num_samples=self.num_samples)
                 i += 1
         return total
 
     def log_hyperprior(self, hparams) -> jax.Array:
         """log p(h): the inv-gamma(lambda_1, lambda_2) regulariser on A^{-1} (0 for point weights)."""
-        if self.weights == "point":
-            return jnp.zeros(())
-        return inv_gamma_log_prior(hparams["log_alpha"], *self.inv_gamma)
+        return self.weights.log_hyperprior(self, hparams)
 
     def inner_loss(self, params, hparams, batch, ctx: Context) -> jax.Array:
         """-L / m = -(1/n) sum_batch E_q log p(y|x,w,Gamma) + lambda_prior^L KL(q || p(.|h)) / m."""
         x, _ = self._unpack(batch)
         tm = self.terms(params, hparams, batch, ctx)
         kl = tm.kl_weights + tm.kl_structure
-        return -tm.log_lik + self.coefficients.prior_l * kl / self._scale(x, self.num_data)
+        return -tm.log_lik + self.lambdas(ctx).prior_l * kl / self._scale(x, self.num_data)
 
     def outer_loss(self, params, hparams, batch, ctx: Context) -> jax.Array:
         """-Q / m_Q = -lambda_lik^Q E log p + (lambda_prior^Q KL + sum lambda_struct KL_p' - log p(h)) / m_Q."""
         x, _ = self._unpack(batch)
-        c = self.coefficients
+        c = self.lambdas(ctx)
         tm = self.terms(params, hparams, batch, ctx)
         extra = (c.prior_q * (tm.kl_weights + tm.kl_structure)
                  + self.structure_penalty(hparams, ctx) - self.log_hyperprior(hparams))
@@ -361,14 +507,14 @@ class Objective:
 
     def structure(self, params, hparams, ctx: Context) -> tuple[jax.Array, ...]:
         """Mean gamma per edge of q(Gamma) (Bayesian) or relaxation(alpha) (point), for logging."""
-        return mean_structure(self.relaxation, self._thetas(params, hparams), ctx.temperature)
+        return mean_structure(self.relaxation, self.weights.thetas(params, hparams),
+                              ctx.temperature)
 
     def mean_weights(self, params) -> PyTree:
         """The posterior mean mu (Bayesian) or the point weights."""
-        return params if self.weights == "point" else params["w"].mu
+        return self.weights.mean(params)
 
     def predict(self, params, hparams, x, ctx: Context) -> jax.Array:
         """f(x) at the mean weights and the mean structure (logits or regression outputs)."""
         return self.family.apply(self.mean_weights(params),
                                  self.structure(params, hparams, ctx), x)
-

@@ -282,3 +282,36 @@ def test_glm_family_stronger_prior_moves_q_gamma_off_f2():
     # Claim checked per seed and on average with a margin of 0.1 (the seed spread is ~0.1).
     assert (strong_prior < weak_prior).all(), (strong_prior, weak_prior)
     assert weak_prior.mean() - strong_prior.mean() > 0.1
+
+
+def test_runs_with_traced_coefficients_equal_separate_runs():
+    # BilevelTrainer.init_many(..., coefficients=coefficient_batch(rows)) trains runs with
+    # different lambdas in one vmapped program; each must equal a run of the objective with
+    # those static coefficients from the same key (float64; rtol 1e-9: 20 outer steps of
+    # Adam amplify reassociation differences of the vmapped arithmetic slightly).
+    from structsel import data, family
+    from structsel.objective import Coefficients, Objective, coefficient_batch
+    from structsel.structure import GumbelSoftmax
+
+    rows = [Coefficients(1.0, 1.0, 1.0), Coefficients(1.0, 0.1, 0.1), Coefficients(2.0, 0.0, 3.0)]
+    with jax.enable_x64(True):
+        x, y = data.glm_toy(seed=0)
+        batch = (jnp.asarray(x, jnp.float64), jnp.asarray(y, jnp.float64))
+        make = lambda c: Objective(family.glm_family(x.shape[1]), "gaussian", GumbelSoftmax(),
+                                   c, num_samples=2, noise_std=0.5)
+        trainer_of = lambda obj: bilevel.BilevelTrainer(
+            obj.inner_loss, obj.outer_loss, optax.adam(0.01), optax.adam(0.01), inner_steps=2)
+        obj = make(rows[0])
+        trainer = trainer_of(obj)
+        keys = jnp.stack([jax.random.key(7)] * 3)
+        states = trainer.init_many(lambda k: obj.init(k, batch[0]), keys,
+                                   coefficient_batch(rows, dtype=jnp.float64))
+        final, hist = jax.jit(trainer.run_many, static_argnums=3)(states, batch, batch, 20)
+        for i, row in enumerate(rows):
+            o = make(row)
+            t = trainer_of(o)
+            s0 = t.init_many(lambda k: o.init(k, batch[0]), keys[:1])
+            one, h1 = jax.jit(t.run_many, static_argnums=3)(s0, batch, batch, 20)
+            np.testing.assert_allclose(hist["outer_loss"][i], h1["outer_loss"][0], rtol=1e-9)
+            for a, b in zip(jax.tree.leaves(one.params), jax.tree.leaves(final.params)):
+                np.testing.assert_allclose(b[i], a[0], rtol=1e-9, atol=1e-12)

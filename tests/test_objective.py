@@ -285,3 +285,87 @@ def test_batch_must_be_a_pair():
     p, h = obj.init(jax.random.key(0), x)
     with pytest.raises(ValueError, match="batch"):
         obj.inner_loss(p, h, x, O.Context.create(jax.random.key(0)))
+
+
+# ------------------------------------------------ traced coefficients, weight models
+def test_traced_coefficients_equal_static_objectives():
+    # Runs with different lambdas (and lambda_struct) vmapped in one program through
+    # ctx.coefficients must equal separate objectives with those static coefficients
+    # (same key, so the same Monte Carlo draws): float64, rtol 1e-12 (the same arithmetic,
+    # reassociated at most by the vmap).
+    x, y = _data()
+    loc_ref, scale_ref = jnp.array([2.0, -1.0]), jnp.array([0.3, 0.3])
+    refs = ((distributions.logit_normal(loc_ref, scale_ref),),)
+    rows = [O.Coefficients(1.0, 1.0, 1.0, (0.0,)), O.Coefficients(2.0, 0.3, 0.1, (-1.0,)),
+            O.Coefficients(0.5, 3.0, 0.0, (2.0,))]
+    with jax.enable_x64(True):
+        x64, y64 = jnp.asarray(x, jnp.float64), jnp.asarray(y, jnp.float64)
+        base = _glm(coefficients=rows[0], references=refs, num_samples=2)
+        p, h = _perturbed(base, x64)
+        key = jax.random.key(4)
+        batch = O.coefficient_batch(rows)
+        assert batch.prior_q.dtype == jnp.float64 and batch.struct.shape == (3, 1)
+
+        def both(obj, ctx):
+            return (obj.inner_loss(p, h, (x64, y64), ctx), obj.outer_loss(p, h, (x64, y64), ctx),
+                    jax.grad(obj.outer_loss, argnums=1)(p, h, (x64, y64), ctx))
+
+        traced = jax.jit(jax.vmap(lambda c: both(base, O.Context.create(key, T).replace(
+            coefficients=c))))(batch)
+        for i, row in enumerate(rows):
+            static = jax.jit(lambda: both(_glm(coefficients=row, references=refs, num_samples=2),
+                                          O.Context.create(key, T)))()
+            for a, b in zip(jax.tree.leaves(static), jax.tree.leaves(traced)):
+                np.testing.assert_allclose(b[i], a, rtol=1e-12, atol=1e-14)
+
+
+def test_coefficient_batch_validation():
+    with pytest.raises(ValueError, match=r"coefficients\[1\].prior_l"):
+        O.coefficient_batch([O.elbo(), O.Coefficients(1.0, 1.0, float("nan"))])
+    with pytest.raises(ValueError, match="same number of lambda_struct"):
+        O.coefficient_batch([O.Coefficients(1.0, 1.0, 1.0, (1.0,)), O.elbo()])
+    obj = _glm()
+    x, y = _data()
+    p, h = obj.init(jax.random.key(0), x)
+    ctx = O.Context.create(jax.random.key(0), coefficients=O.Coefficients(1.0, 1.0, 1.0, (1.0,)))
+    with pytest.raises(ValueError, match="ctx.coefficients.struct"):
+        obj.inner_loss(p, h, (x, y), ctx)
+
+
+def test_weight_models_are_strategies():
+    fam = family.glm_family(3)
+    assert O.Objective(fam, "gaussian").weights == O.GaussianWeights()
+    assert O.Objective(fam, "gaussian", structure.Softmax(), O.darts(),
+                       weights="point").weights == O.PointWeights()
+    with pytest.raises(ValueError, match="GaussianWeights structure"):
+        O.GaussianWeights(structure="middle")
+    with pytest.raises(ValueError, match="weights must be one of"):
+        O.Objective(fam, "gaussian", weights=3)
+
+
+def test_structure_at_the_outer_level():
+    # GaussianWeights(structure="outer") moves theta_q of q(Gamma) from params to
+    # hparams["q_struct"]; with the same values both losses are unchanged (oracle: the
+    # inner-level objective, same key, float64 rtol 1e-12) and the outer gradient w.r.t.
+    # theta_q is the gradient of -Q (validation likelihood + lambda_prior^Q KL / m_Q).
+    x, y = _data()
+    with jax.enable_x64(True):
+        x64, y64 = jnp.asarray(x, jnp.float64), jnp.asarray(y, jnp.float64)
+        inner_obj = _glm(coefficients=O.single_level(0.3), num_samples=2)
+        outer_obj = _glm(coefficients=O.single_level(0.3), num_samples=2,
+                         weights=O.GaussianWeights(structure="outer"))
+        p, h = _perturbed(inner_obj, x64)
+        p2 = {"w": p["w"]}
+        h2 = {**h, "q_struct": p["struct"]}
+        p0, h0 = outer_obj.init(jax.random.key(0), x64)
+        assert "struct" not in p0 and "q_struct" in h0
+        ctx = O.Context.create(jax.random.key(3), T)
+        for f in ("inner_loss", "outer_loss"):
+            np.testing.assert_allclose(getattr(outer_obj, f)(p2, h2, (x64, y64), ctx),
+                                       getattr(inner_obj, f)(p, h, (x64, y64), ctx), rtol=1e-12)
+        g_outer = jax.grad(outer_obj.outer_loss, argnums=1)(p2, h2, (x64, y64), ctx)["q_struct"]
+        g_ref = jax.grad(lambda s: inner_obj.outer_loss({**p, "struct": s}, h, (x64, y64),
+                                                        ctx))(p["struct"])
+        np.testing.assert_allclose(g_outer[0], g_ref[0], rtol=1e-12)
+        # the inner loss no longer moves q(Gamma): params carry only q(w)
+        assert set(jax.grad(outer_obj.inner_loss)(p2, h2, (x64, y64), ctx)) == {"w"}

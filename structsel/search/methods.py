@@ -8,12 +8,18 @@ edge of the mean structure gamma:
 
 | name        | weights        | relaxation     | coefficients            | hypergradient        |
 |-------------|----------------|----------------|-------------------------|----------------------|
-| bayes       | q(w) Gaussian  | Gumbel-Softmax | ELBO (1, 1, 1), ARD     | greedy               |
+| bayes       | q(w) Gaussian  | Gumbel-Softmax | (1, c, c), c on a path  | greedy               |
 | darts1      | point          | Softmax        | likelihood only (DARTS) | greedy (1st order)   |
 | darts2      | point          | Softmax        | likelihood only         | darts (2nd order)    |
 | gdas        | point          | Gumbel-Softmax | likelihood only         | greedy, t: 10 -> 0.1 |
 | drnas       | point          | Dirichlet      | likelihood only         | greedy               |
 | logitnormal | point          | logit-normal   | likelihood only         | greedy               |
+
+`bayes` runs a complexity path: the tempered ELBO with KL weight c (coefficients
+(1, c, c): the ELBO at an effective sample size m / c, method.md M6) for every c of
+`path`, all runs (c values x restarts) in one compiled program, the coefficients traced per
+run; the driver retrains every distinct selection and keeps the best on validation
+(`structsel.search.selection`: one-standard-error rule, ties to fewer parameters).
 
 Black-box methods call the `Evaluator` (structures trained from scratch) or any object
 with its `reward(choices, key=)`, such as `enumeration.TableLookup`:
@@ -26,7 +32,6 @@ hypergradient's cost in gradients.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from typing import Any, Callable, ClassVar, NamedTuple
 
@@ -89,6 +94,11 @@ class GradientSearch:
     # uses gamma_zero as a free output scale, so zero would otherwise win spuriously).
     exclude_zero: bool = False
     learn_noise: bool = False        # regression: noise std in h (evidence), else 1
+    # KL weights c of the complexity path: every run uses the preset's coefficients with
+    # lambda_prior^Q and lambda_prior^L multiplied by c (Bayesian weights only); () = no path.
+    path: tuple = ()
+    # where q(Gamma) is trained: "inner" (training-set ELBO) or "outer" (validation Q)
+    structure_level: str = "inner"
 
     def check(self, *, relaxation: str | None, space: str) -> None:
         """Validates a --relaxation override (before anything is built)."""
@@ -102,8 +112,16 @@ class GradientSearch:
         extra = {"log_std_floor": self.log_std_floor} if self.weights == "gaussian" else {}
         if likelihood == "gaussian" and self.learn_noise:
             extra["noise_std"] = None
+        weights = (objective.GaussianWeights(structure=self.structure_level)
+                   if self.weights == "gaussian" else objective.PointWeights())
         return objective.Objective(problem.space.family, likelihood, relax,
-                                   self.coefficients(), weights=self.weights, **extra)
+                                   self.coefficients(), weights=weights, **extra)
+
+    def path_coefficients(self) -> list[objective.Coefficients]:
+        """The coefficients of each point of the path (c scales both prior weights)."""
+        base = self.coefficients()
+        return [base._replace(prior_q=c * base.prior_q, prior_l=c * base.prior_l)
+                for c in self.path]
 
     def trainer(self, problem, obj: objective.Objective) -> bilevel.BilevelTrainer:
         """Adam on theta and on h; the temperature schedule over the outer steps."""
@@ -125,13 +143,23 @@ class GradientSearch:
 
     def search(self, problem, evaluator, *, key, restarts: int, relaxation: str | None = None,
                progress: bool = False, jit: Callable = jax.jit) -> Outcome:
-        """Bilevel training of `restarts` supernets (vmapped), argmax per edge."""
-        obj, trainer, compiled = _program(self, problem.space, problem.task, problem.budget,
-                                          relaxation)
+        """Bilevel training of `restarts` supernets (x the path's c values), argmax per edge.
+
+        All runs (restart-major: row r * P + p is restart r at c = path[p]; the c values of
+        one restart share its initialisation) are one compiled program, vmapped or mapped.
+        """
+        obj, trainer, compiled = PROGRAMS.get(self, problem.space, problem.task,
+                                              problem.budget, relaxation)
         d, space, b = problem.data, problem.space, problem.budget
         train, val = (d.x_train, d.y_train), (d.x_val, d.y_val)
-        states = trainer.init_many(lambda k: obj.init(k, d.x_train[:1]),
-                                   jax.random.split(key, restarts))
+        num_c = max(1, len(self.path))
+        keys = jax.random.split(key, restarts)
+        keys = keys[np.repeat(np.arange(restarts), num_c)]
+        coefficients = None
+        if self.path:
+            coefficients = objective.coefficient_batch(self.path_coefficients() * restarts,
+                                                       dtype=d.x_train.dtype)
+        states = trainer.init_many(lambda k: obj.init(k, d.x_train[:1]), keys, coefficients)
         segments = _segments(b.search_steps, self.num_segments)
         batching = b.restart_batching(space.layout)
         for n in set(segments) - set(compiled):
@@ -162,23 +190,67 @@ class GradientSearch:
                  "hypergradient_norm": float(np.mean(history["hypergradient_norm"][:, t]))}
                 for t in range(history["outer_loss"].shape[1])]
         diverged = history["diverged"].any(axis=1)
-        equivalent = b.equivalent_evaluations(self.grads_per_step(problem))
+        equivalent = num_c * b.equivalent_evaluations(self.grads_per_step(problem))
         collapsed = float(np.mean(np.argmax(gamma, axis=-1) == space.zero_op))
+        extra = {"diverged_restarts": int(diverged.sum()), "zero_fraction": collapsed,
+                 "final_outer_loss": history["outer_loss"][:, -1].tolist(),
+                 "restart_of_run": np.repeat(np.arange(restarts), num_c).tolist()}
+        if self.path:
+            extra["kl_weight_of_run"] = [float(c) for c in self.path] * restarts
         return Outcome(choices, gamma, gamma_history, equivalent, rows,
-                       relaxation or self.relaxation,
-                       {"diverged_restarts": int(diverged.sum()),
-                        "zero_fraction": collapsed,
-                        "final_outer_loss": history["outer_loss"][:, -1].tolist()})
+                       relaxation or self.relaxation, extra)
 
 
-@functools.lru_cache(maxsize=16)
-def _program(method: "GradientSearch", space, task, budget, relaxation):
-    """(objective, trainer, {num_steps: jit(run_many)}) of a search configuration, cached:
-    repeated searches (benchmarks, tests) reuse the compiled programs. Keyed by the
-    hashable static configuration; the data are arguments of the compiled programs."""
-    problem = _Static(space, task, budget)
-    obj = method.objective(problem, relaxation)
-    return obj, method.trainer(problem, obj), {}
+def check_kl_weights(method: str, values) -> tuple[float, ...]:
+    """Validated KL weights c (finite, > 0; a str 'c1,c2,...' or a sequence) of a method
+    with Bayesian weights; one value is a single tempered ELBO, several a complexity path."""
+    m = METHODS[method]
+    if not (isinstance(m, GradientSearch) and m.weights == "gaussian"):
+        bayesian = [n for n, v in METHODS.items()
+                    if isinstance(v, GradientSearch) and v.weights == "gaussian"]
+        raise ValueError(f"kl_weights applies to the Bayesian methods ({', '.join(bayesian)}), "
+                         f"not {method!r}")
+    items = values.split(",") if isinstance(values, str) else list(np.atleast_1d(values))
+    out = []
+    for v in items:
+        try:
+            c = float(v)
+        except (TypeError, ValueError):
+            c = float("nan")
+        if not (math.isfinite(c) and c > 0):
+            raise ValueError(f"kl_weights must be finite numbers > 0 (e.g. 1,0.3,0.1), got {v!r}")
+        out.append(c)
+    if not out:
+        raise ValueError("kl_weights must hold at least one value")
+    return tuple(out)
+
+
+class ProgramCache:
+    """Compiled search programs by static configuration (method, space, task, budget,
+    relaxation): `get` returns (objective, trainer, {num_steps: jit(run_many)}), so repeated
+    searches (benchmarks, tests) reuse the compiled programs; the data and the traced
+    coefficients are arguments of the programs. Least recently used entries go first."""
+
+    def __init__(self, maxsize: int = 16):
+        self.maxsize, self._entries = maxsize, {}
+
+    def get(self, method: "GradientSearch", space, task, budget, relaxation):
+        key = (method, space, task, budget, relaxation)
+        entry = self._entries.pop(key, None)
+        if entry is None:
+            problem = _Static(space, task, budget)
+            obj = method.objective(problem, relaxation)
+            entry = (obj, method.trainer(problem, obj), {})
+        self._entries[key] = entry
+        while len(self._entries) > self.maxsize:
+            self._entries.pop(next(iter(self._entries)))
+        return entry
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
+PROGRAMS = ProgramCache()
 
 
 class _Static(NamedTuple):
@@ -361,7 +433,13 @@ METHODS: dict[str, Any] = {
     # makes the search anti-Occam on small data (docs/search.md); noise std learned in h.
     "bayes": GradientSearch("gumbel_softmax", weights="gaussian", coefficients=objective.elbo,
                             schedule=("exponential", 1.0, 0.3), log_std_floor=-1.0,
-                            learn_noise=True),
+                            learn_noise=True, path=(1.0, 0.3, 0.1, 0.03, 0.01)),
+    # the same with q(Gamma) trained by the outer (validation) objective, as DARTS does
+    "bayes_outer": GradientSearch("gumbel_softmax", weights="gaussian",
+                                  coefficients=objective.elbo,
+                                  schedule=("exponential", 1.0, 0.3), log_std_floor=-1.0,
+                                  learn_noise=True, path=(1.0, 0.3, 0.1, 0.03, 0.01),
+                                  structure_level="outer"),
     "darts1": GradientSearch("softmax", exclude_zero=True),
     "darts2": GradientSearch("softmax", hypergradient="darts", exclude_zero=True),
     "gdas": GradientSearch("gumbel_softmax", schedule=("exponential", 10.0, 0.1),

@@ -199,12 +199,13 @@ class SearchConfig:
     split_seed: int = 0      # seed of the train / validation / test split
     fallback: bool = True    # return the linear model when the selection does not beat it
     gradient_boosting: bool = True  # HistGradientBoosting baseline (if scikit-learn is there)
+    kl_weights: tuple | None = None  # KL weights c of a Bayesian method (None: its path)
 
 
 def search_config(*, data=None, target=None, task=None, dataset=None, space=None,
                   method="bayes", relaxation=None, seed=0, seeds=1, budget=None,
                   workdir=None, split_seed=None, fallback=True,
-                  gradient_boosting=True) -> SearchConfig:
+                  gradient_boosting=True, kl_weights=None) -> SearchConfig:
     """Validated SearchConfig (ValueError / DataError naming the bad argument).
 
     `seed` seeds the split, the initialisations and the search; `split_seed` (default:
@@ -239,10 +240,12 @@ def search_config(*, data=None, target=None, task=None, dataset=None, space=None
             raise ValueError(f"{name} must be an int >= 0, got {value!r}")
     budget = parse_budget(budget if budget is not None else default_budget(dataset, space))
     methods.METHODS[method].check(relaxation=relaxation, space=space)
+    if kl_weights is not None:
+        kl_weights = methods.check_kl_weights(method, kl_weights)
     workdir = workdir or f"results/search/{dataset}_{method}_{seed}"
     return SearchConfig(dataset, data, target, task, space, method, relaxation, int(seed),
                         int(seeds), budget, str(workdir), int(split_seed), bool(fallback),
-                        bool(gradient_boosting))
+                        bool(gradient_boosting), kl_weights)
 
 
 def load_data(*, dataset: str, data: str | None, target: str | None, task: str | None,
@@ -392,6 +395,8 @@ def run_search(config: SearchConfig, *, progress: bool = True,
         config = dataclasses.replace(config, split_seed=int(ds.split["seed"]))
     problem = make_problem(ds, config.space, config.budget)
     method = methods.METHODS[config.method]
+    if config.kl_weights is not None:
+        method = dataclasses.replace(method, path=config.kl_weights)
     run = Run.create(config.workdir, config={**dataclasses.asdict(config),
                                              "split": ds.split, "task": ds.task},
                      seed=config.seed)
@@ -447,42 +452,61 @@ def run_search(config: SearchConfig, *, progress: bool = True,
 
 
 def _retrain_selected(problem, evaluator, outcome, run, config, key, base) -> dict:
-    """Retrains every restart's selection from scratch, keeps the best by validation metric,
-    scores it against the enumeration table and writes structure.json and the figures."""
-    choices = np.unique(np.asarray(outcome.choices), axis=0)
+    """Retrains every distinct proposal (restarts x the path's c values) from scratch, keeps
+    the best by validation metric with the one-standard-error rule (ties to fewer
+    parameters, `selection.one_se_choice`), scores it against the enumeration table and
+    writes structure.json, front.json and the figures."""
+    from structsel.search import selection as sel
+
+    proposals = np.asarray(outcome.choices)
     retrain_keys = jax.random.split(key, config.budget.retrain_seeds)
-    scores = evaluator(choices, retrain_keys)
-    val = scores["val_metric"].mean(1)
-    best = int(np.argmax(val) if problem.task.higher_is_better else np.argmin(val))
-    choice = choices[best]
-    restart = int(next(i for i, c in enumerate(np.asarray(outcome.choices))
-                       if np.array_equal(c, choice)))
+    x_train = np.asarray(problem.data.x_train)
+    chosen = sel.select(evaluator, problem.space, proposals, keys=retrain_keys,
+                        x_train=x_train, higher_is_better=problem.task.higher_is_better)
+    best, choice = chosen.best, chosen.choices[chosen.best]
+    runs = [i for i, c in enumerate(proposals) if np.array_equal(c, choice)]
     space = problem.space
-    gamma = outcome.gamma[restart]
+    gamma = outcome.gamma[runs[0]]
+    kl_weights = outcome.extra.get("kl_weight_of_run")
+    labels = [f"c={kl_weights[i]:g}" if kl_weights else f"restart {r}"
+              for i, r in enumerate(outcome.extra.get("restart_of_run",
+                                                      range(len(proposals))))]
     summary = {
         **base, "selected": space.selected(choice), "choice": [int(c) for c in choice],
         "gamma": {label: {op: float(v) for op, v in zip(space.op_names, g)}
                   for label, g in zip(space.edge_labels, gamma)},
-        "params": space.num_params(choice, np.asarray(problem.data.x_train)),
-        "val_metric": float(val[best]),
-        "test_metric": float(scores["test_metric"][best].mean()),
-        "test_metric_std": float(scores["test_metric"][best].std()),
-        "restart_choices": np.asarray(outcome.choices).tolist(),
+        "params": int(chosen.params[best]),
+        "val_metric": float(chosen.val[best].mean()),
+        "test_metric": float(chosen.test[best].mean()),
+        "test_metric_std": float(chosen.test[best].std()),
+        "selection_tolerance": chosen.tolerance,
+        "restart_choices": proposals.tolist(),
         "extra": outcome.extra,
     }
+    if kl_weights:
+        summary["kl_weight"] = sorted({kl_weights[i] for i in runs}, reverse=True)
+        summary["kl_weight_path"] = sorted(set(kl_weights), reverse=True)
     table = enumeration.load_table(space.name, problem.dataset) if config.data is None else None
     if table is not None:
         summary.update(enumeration.regret_and_rank(table, choice))
         summary["table_matches_budget"] = table_matches(table, config.budget)
         summary["restart_regrets"] = [enumeration.regret_and_rank(table, c)["regret"]
-                                      for c in np.asarray(outcome.choices)]
+                                      for c in proposals]
         summary["table"] = str(enumeration.table_path(space.name, problem.dataset))
+    front = sel.front_record(chosen, space, proposals, labels)
+    if table is not None:
+        for row in front["candidates"]:
+            row.update({f"table_{k}": v for k, v in
+                        enumeration.regret_and_rank(table, row["choice"]).items()})
+    run.write_json("front.json", front)
+    sel.plot_front(front, run.path("front.png"), table=table,
+                   metric=problem.task.metric_name)
     run.write_json("structure.json", {**space.export(choice), "dataset": problem.dataset,
                                       "task": problem.task.name, "width": config.budget.width,
                                       "num_outputs": problem.task.num_outputs})
     spaces.plot_cell(space, choice, run.path("cell.png"))
     if outcome.gamma_history is not None:
-        spaces.plot_gamma_history(space, np.asarray(outcome.gamma_history[restart]),
+        spaces.plot_gamma_history(space, np.asarray(outcome.gamma_history[runs[0]]),
                                  run.path("gamma.png"))
     return summary
 

@@ -1,0 +1,135 @@
+"""Choosing among candidate structures by retraining them (entry-point layer of `search`).
+
+A search proposes candidates: one structure per restart, and for a complexity path one per
+KL weight c and restart. Each distinct candidate is retrained from scratch with
+`retrain_seeds` seeds (`runner.Evaluator`) and the one with the best mean validation metric
+is kept, with Breiman's one-standard-error rule for ties: among the candidates whose mean
+validation metric is within one standard error of the best, the one with the fewest
+parameters wins (Occam's razor where the data do not tell them apart). The standard error
+is the pooled seed standard deviation of the candidates' validation metric over
+sqrt(retrain_seeds); with one seed there is no noise estimate and the best mean wins.
+
+`front.json` / `front.png` record the whole path: parameters against validation and test
+metric for every candidate, labelled with its c, and the enumeration table's Pareto front
+behind when a table exists.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Sequence
+
+import numpy as np
+
+
+class Selection(NamedTuple):
+    """The retrained candidates and the chosen one (index into `choices`)."""
+
+    choices: np.ndarray          # (N, E) distinct candidate structures
+    params: np.ndarray           # (N,) parameter counts
+    val: np.ndarray              # (N, S) validation metric per retrain seed
+    test: np.ndarray             # (N, S) test metric per retrain seed
+    best: int                    # chosen candidate
+    tolerance: float             # one standard error of the mean validation metric
+    higher_is_better: bool
+
+
+def one_se_choice(val, params, *, higher_is_better: bool) -> tuple[int, float]:
+    """Index of the chosen candidate and the tolerance (one standard error) used.
+
+    val: (N, S) validation metric per candidate and seed; params: (N,). Among candidates
+    whose mean is within SE = sqrt(mean_i var_i) / sqrt(S) of the best mean (var with
+    ddof 1, pooled over candidates), the fewest parameters win; ties in parameters go to
+    the better mean.
+    """
+    val = np.asarray(val, float)
+    if val.ndim != 2 or val.shape[0] < 1:
+        raise ValueError(f"val must have shape (num_candidates, num_seeds), got {val.shape}")
+    params = np.asarray(params)
+    sign = 1.0 if higher_is_better else -1.0
+    score = sign * val.mean(axis=1)
+    seeds = val.shape[1]
+    se = float(np.sqrt(np.mean(val.var(axis=1, ddof=1))) / np.sqrt(seeds)) if seeds > 1 else 0.0
+    close = np.flatnonzero(score >= score.max() - se)
+    order = sorted(close, key=lambda i: (params[i], -score[i]))
+    return int(order[0]), se
+
+
+def select(evaluator, space, candidates, *, keys, x_train, higher_is_better: bool) -> Selection:
+    """Retrains each distinct row of `candidates` (N, E) with one seed per key; one-SE choice."""
+    choices = np.unique(np.asarray(candidates, np.int32), axis=0)
+    scores = evaluator(choices, keys)
+    params = np.asarray([space.num_params(c, x_train) for c in choices])
+    best, tol = one_se_choice(scores["val_metric"], params, higher_is_better=higher_is_better)
+    return Selection(choices, params, np.asarray(scores["val_metric"]),
+                     np.asarray(scores["test_metric"]), best, tol, higher_is_better)
+
+
+def front_record(selection: Selection, space, candidates, labels: Sequence) -> dict:
+    """front.json's dict: every candidate with its parameters, metrics and the path labels
+    (e.g. the KL weights c) of the runs that proposed it."""
+    candidates = np.asarray(candidates)
+    rows = []
+    for i, choice in enumerate(selection.choices):
+        runs = [labels[j] for j, c in enumerate(candidates) if np.array_equal(c, choice)]
+        rows.append({"choice": [int(c) for c in choice], "selected": space.selected(choice),
+                     "params": int(selection.params[i]),
+                     "val_mean": float(selection.val[i].mean()),
+                     "val_std": float(selection.val[i].std()),
+                     "test_mean": float(selection.test[i].mean()),
+                     "test_std": float(selection.test[i].std()),
+                     "proposed_by": runs, "chosen": i == selection.best})
+    return {"rule": "one standard error: fewest parameters within tolerance of the best "
+                    "mean validation metric",
+            "tolerance": selection.tolerance, "higher_is_better": selection.higher_is_better,
+            "candidates": rows}
+
+
+def _pareto(params, metric, higher_is_better: bool):
+    """Indices of the Pareto front (fewer parameters, better metric), sorted by parameters."""
+    sign = 1.0 if higher_is_better else -1.0
+    order = np.lexsort((-sign * np.asarray(metric), np.asarray(params)))
+    front, best = [], -np.inf
+    for i in order:
+        if sign * metric[i] > best:
+            front.append(i)
+            best = sign * metric[i]
+    return front
+
+
+def plot_front(record: dict, path, *, table: dict | None = None, metric: str = "metric") -> None:
+    """PNG: parameters (log) against validation and test metric for every candidate,
+    labelled with the c values that proposed it; the table's structures and Pareto front
+    (by mean test metric) behind when `table` is given."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    hib = record["higher_is_better"]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharex=True)
+    for ax, kind in zip(axes, ("val", "test")):
+        if table is not None:
+            p = np.array([r["params"] for r in table["rows"]])
+            m = np.array([r[f"{kind}_mean"] for r in table["rows"]])
+            ax.scatter(p, m, s=8, color="0.8", label="table (every structure)")
+            f = _pareto(p, m, hib)
+            ax.step(p[f], m[f], where="post", color="0.5", lw=1, label="table Pareto front")
+        for r in record["candidates"]:
+            mark = dict(color="tab:red", s=60, marker="*") if r["chosen"] else \
+                dict(color="tab:blue", s=25)
+            ax.scatter(r["params"], r[f"{kind}_mean"], zorder=3, **mark)
+            ax.errorbar(r["params"], r[f"{kind}_mean"], yerr=r[f"{kind}_std"], color="tab:blue",
+                        lw=0.8, zorder=2)
+            label = ", ".join(str(v) for v in r["proposed_by"])
+            ax.annotate(label, (r["params"], r[f"{kind}_mean"]), fontsize=7,
+                        xytext=(3, 3), textcoords="offset points")
+        ax.set_xscale("log")
+        shown = [r["params"] for r in record["candidates"]] + (
+            [r["params"] for r in table["rows"]] if table is not None else [])
+        ax.set_xlim(max(min(shown), 1) / 1.5, max(max(shown), 1) * 1.5)
+        ax.set_xlabel("parameters")
+        ax.set_ylabel(f"{kind} {metric}")
+        ax.set_title(f"{kind}: candidates (labels: c), chosen = star", fontsize=9)
+        if table is not None and kind == "val":
+            ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
