@@ -164,3 +164,22 @@ def test_table_lookup_answers_with_one_stored_seed():
                              for r in table["rows"]]}
     with pytest.raises(ValueError, match="no per-seed values"):
         enumeration.TableLookup(old)
+
+
+def test_committed_tabular_table_matches_its_budget():
+    from structsel.search import runner
+
+    table = enumeration.load_table("tabular", "digits")
+    if table is None:
+        pytest.skip("no committed table for tabular x digits")
+    assert table["num_structures"] == len(table["rows"]) == 125 and table["num_seeds"] == 3
+    assert len({tuple(r["choice"]) for r in table["rows"]}) == 125
+    assert table["command"].startswith("structsel enumerate --space tabular --dataset digits")
+    # trained as the default search on digits trains (budget "tabular"), so the search is
+    # scored like for like; the early-stopping and schedule fields are recorded
+    assert runner.table_matches(table, runner.BUDGETS["tabular"])
+    assert not runner.table_matches(table, runner.BUDGETS["default"])
+    assert table["settings"]["budget"]["eval_every"] > 0
+    linear = next(r for r in table["rows"] if r["ops"] == ["identity"] * 3)
+    assert linear["params"] == min(r["params"] for r in table["rows"])
+    assert max(r["test_mean"] for r in table["rows"]) > 0.9

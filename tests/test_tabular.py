@@ -241,5 +241,6 @@ def test_tables_default_to_the_tabular_space_and_budget(tmp_path):
     assert runner.search_config(space="mlp3", workdir=str(tmp_path)).budget.name == "default"
     assert runner.search_config(dataset="mnist1d", workdir=str(tmp_path)).budget.name == "mnist1d"
     assert runner.default_budget("digits") == "default"  # callers that name no space
+    assert runner.default_budget("mnist1d", "tabular") == "tabular"  # mnist1d as a table
     b = runner.BUDGETS["tabular"]
     assert b.width == 16 and tabular.hidden_widths(b.width) == (16, 64, 256)

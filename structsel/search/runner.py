@@ -135,11 +135,12 @@ def table_matches(table: dict, budget: Budget) -> bool:
 
 
 def default_budget(dataset: str, space: str | None = None) -> str:
-    """The preset used when none is given: 'mnist1d' for mnist1d, 'tabular' for the space
-    'tabular', else 'default' (also when `space` is None: the mlp3 tables' budget)."""
-    if dataset == "mnist1d":
-        return "mnist1d"
-    return "tabular" if space == "tabular" else "default"
+    """The preset used when none is given: 'tabular' for the space 'tabular', else
+    'mnist1d' for mnist1d and 'default' otherwise (also when `space` is None: the budget
+    of the mlp3 and conv1d3 tables)."""
+    if space == "tabular":
+        return "tabular"
+    return "mnist1d" if dataset == "mnist1d" else "default"
 
 
 def budget_names() -> list[str]:
