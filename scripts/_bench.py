@@ -192,15 +192,15 @@ def write_json(path: str | None, payload: Mapping[str, Any]) -> None:
 OP_NAMES = ("zero", "identity", "linear", "relu", "tanh", "sigmoid", "gelu", "silu")
 
 
-def mlp_ops(width: int, num_ops: int = 5):
-    """The first `num_ops` of zero, identity, linear, dense+relu/tanh/sigmoid/gelu/silu."""
-    from structsel import basis
+def cell_ops(width: int, num_ops: int = 5):
+    """The first `num_ops` of `family.mlp_ops` (zero, identity, linear, dense+relu/tanh)
+    followed by dense+sigmoid/gelu/silu: cells with more candidate ops per edge."""
+    from structsel import basis, family
 
     if not 1 <= num_ops <= len(OP_NAMES):
         raise ValueError(f"num_ops must be in 1..{len(OP_NAMES)}, got {num_ops}")
-    make = {"zero": basis.zero, "identity": basis.identity,
-            "linear": lambda: basis.linear(width)}
-    return tuple(make[n]() if n in make else basis.dense(width, n) for n in OP_NAMES[:num_ops])
+    extra = tuple(basis.dense(width, n) for n in OP_NAMES[5:])
+    return (family.mlp_ops(width) + extra)[:num_ops]
 
 
 _DATA: dict = {}
@@ -241,7 +241,7 @@ class Supernet:
         from structsel import basis, family
 
         self.train, self.val, classes = load_data(dataset, max_train=max_train, seed=seed)
-        self.family = family.darts_cell(nodes, mlp_ops(hidden, num_ops),
+        self.family = family.darts_cell(nodes, cell_ops(hidden, num_ops),
                                         stem=basis.dense(hidden, "relu"), readout=classes,
                                         output="sum")
         self.weights = self.family.init(jax.random.key(seed), self.train[0])

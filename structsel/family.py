@@ -31,6 +31,7 @@ from structsel.basis import BasisSpec
 
 __all__ = [
     "AGGREGATIONS", "Edge", "Family", "two_layer_net", "glm_family", "mlp_ops", "conv1d_ops",
+    "MLP_OP_NAMES", "CONV1D_OP_NAMES",
     "darts_cell", "export_structure", "discrete_model",
 ]
 
@@ -298,16 +299,22 @@ def glm_family(num_features: int = 12, *, feature: int = 0) -> Family:
     return Family(2, (Edge(0, 1, ops),), ("sum",))
 
 
+MLP_OP_NAMES = ("zero", "identity", "linear", "dense_relu", "dense_tanh")
+CONV1D_OP_NAMES = ("zero", "identity", "conv3", "conv5", "maxpool3")
+
+
 def mlp_ops(width: int) -> tuple[BasisSpec, ...]:
-    """MLP candidate ops over vectors: zero, identity, linear, dense+relu, dense+tanh."""
+    """MLP candidate ops over vectors, named by MLP_OP_NAMES: zero, identity, linear,
+    dense+relu, dense+tanh (the ops of the search spaces mlp1/mlp3/mlp6)."""
     return (basis.zero(), basis.identity(), basis.linear(width),
             basis.dense(width, "relu"), basis.dense(width, "tanh"))
 
 
 def conv1d_ops(channels: int) -> tuple[BasisSpec, ...]:
-    """1-D conv candidate ops over (n, length, channels): zero, identity, conv3, conv5, pools."""
+    """1-D conv candidate ops over (n, length, channels), named by CONV1D_OP_NAMES: zero,
+    identity, conv3, conv5 (relu), max pool 3 (the ops of the search space conv1d3)."""
     return (basis.zero(), basis.identity(), basis.conv1d(channels, 3, "relu"),
-            basis.conv1d(channels, 5, "relu"), basis.avg_pool(3), basis.max_pool(3))
+            basis.conv1d(channels, 5, "relu"), basis.max_pool(3))
 
 
 def darts_cell(num_intermediate: int, ops: Sequence[BasisSpec], *, stem: BasisSpec | None = None,

@@ -10,7 +10,7 @@ from structsel.search import adanet
 from structsel.search.random_search import random_search
 from structsel.search.reinforce import (controller_init, controller_log_prob,
                                         controller_sample, reinforce_loss, run_reinforce)
-from structsel.search.space import MAX_INDEXABLE, DiscreteSpace, incumbent_history
+from structsel.search.discrete import MAX_INDEXABLE, DiscreteSpace, incumbent_history
 
 
 def _table_reward(space, table):

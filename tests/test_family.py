@@ -219,7 +219,7 @@ def test_weights_layout_and_helpers():
     assert fam.op_names[1][:2] == ("zero", "identity")
     assert fam.edge_pairs[:4] == ((0, 1), (1, 2), (1, 3), (2, 3))
     assert fam.searchable[0] is False and fam.searchable[1] is True
-    np.testing.assert_allclose(fam.uniform_gamma()[1], np.full(6, 1 / 6))
+    np.testing.assert_allclose(fam.uniform_gamma()[1], np.full(5, 1 / 5))
     shapes = fam.validate(_x_seq())
     assert shapes[-2].shape == (3, 10, 4) and shapes[-1].shape == (3, 3)
 

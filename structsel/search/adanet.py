@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from structsel.search.space import _check_positive_int
+from structsel.search.discrete import _check_positive_int
 
 
 @dataclasses.dataclass(frozen=True)

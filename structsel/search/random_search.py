@@ -11,7 +11,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from structsel.search.space import (MAX_INDEXABLE, DiscreteSpace, Evaluate, SearchResult,
+from structsel.search.discrete import (MAX_INDEXABLE, DiscreteSpace, Evaluate, SearchResult,
                                     _check_positive_int, evaluate_checked, search_result)
 
 

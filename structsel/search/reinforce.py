@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from structsel.search.space import (DiscreteSpace, Evaluate, SearchResult,
+from structsel.search.discrete import (DiscreteSpace, Evaluate, SearchResult,
                                     _check_positive_int, evaluate_checked, search_result)
 
 

@@ -25,22 +25,21 @@ import jax.numpy as jnp
 import numpy as np
 
 from structsel import basis
-from structsel.family import Family, darts_cell, export_structure
-from structsel.search.space import DiscreteSpace
+from structsel.family import (CONV1D_OP_NAMES, MLP_OP_NAMES, Family, darts_cell,
+                              export_structure)
+from structsel.family import conv1d_ops as family_conv1d_ops
+from structsel.family import mlp_ops as family_mlp_ops
+from structsel.search.discrete import DiscreteSpace
 
 
 def mlp_ops(width: int) -> tuple[tuple[str, basis.BasisSpec], ...]:
-    """(name, op) candidates over vectors: zero, identity, linear, dense+relu, dense+tanh."""
-    return (("zero", basis.zero()), ("identity", basis.identity()),
-            ("linear", basis.linear(width)), ("dense_relu", basis.dense(width, "relu")),
-            ("dense_tanh", basis.dense(width, "tanh")))
+    """(name, op) pairs of `family.mlp_ops`: zero, identity, linear, dense_relu, dense_tanh."""
+    return tuple(zip(MLP_OP_NAMES, family_mlp_ops(width)))
 
 
 def conv1d_ops(channels: int) -> tuple[tuple[str, basis.BasisSpec], ...]:
-    """(name, op) candidates over (n, L, C): zero, identity, conv3, conv5 (relu), maxpool3."""
-    return (("zero", basis.zero()), ("identity", basis.identity()),
-            ("conv3", basis.conv1d(channels, 3, "relu")),
-            ("conv5", basis.conv1d(channels, 5, "relu")), ("maxpool3", basis.max_pool(3)))
+    """(name, op) pairs of `family.conv1d_ops`: zero, identity, conv3, conv5, maxpool3."""
+    return tuple(zip(CONV1D_OP_NAMES, family_conv1d_ops(channels)))
 
 
 @dataclasses.dataclass(frozen=True)
