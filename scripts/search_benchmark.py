@@ -30,7 +30,7 @@ import numpy as np
 
 from structsel.search import enumeration, methods, runner
 
-GRADIENT = ["bayes", "bayes_outer", "darts1", "darts2", "gdas", "drnas", "logitnormal"]
+GRADIENT = ["bayes", "bayes_inner", "darts1", "darts2", "gdas", "drnas", "logitnormal"]
 
 
 def _stats(values) -> dict:
