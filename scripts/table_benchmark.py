@@ -100,11 +100,15 @@ def sklearn_scores(ds, seed: int) -> dict:
                                                                 max_iter=500),
               "hgb": (HistGradientBoostingClassifier if cls else
                       HistGradientBoostingRegressor)(random_state=seed)}
+    from threadpoolctl import threadpool_limits
+
     flat = lambda a: np.asarray(a).reshape(len(a), -1)  # noqa: E731
     out = {}
     for name, model in models.items():
         start = time.perf_counter()
-        with warnings.catch_warnings():
+        # one BLAS / OpenMP thread: on the shared 2-core machine, next to XLA's threads,
+        # multithreaded BLAS made LogisticRegression on mnist1d take minutes
+        with warnings.catch_warnings(), threadpool_limits(1):
             warnings.simplefilter("ignore")  # MLP convergence warnings at max_iter
             model.fit(flat(ds.x_train), ds.y_train)
         scores = {}
