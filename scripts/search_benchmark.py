@@ -30,7 +30,7 @@ import numpy as np
 
 from structsel.search import enumeration, methods, runner
 
-GRADIENT = ["bayes", "bayes_inner", "darts1", "darts2", "gdas", "drnas", "logitnormal"]
+GRADIENT = ["bayes", "bayes_inner", "bayes_outer", "darts1", "darts2", "gdas", "drnas", "logitnormal"]
 
 
 def _stats(values) -> dict:
@@ -106,8 +106,11 @@ def _select_per_restart(problem, evaluator, outcome, seeds):
                                higher_is_better=problem.task.higher_is_better)
         best = sel.choices[sel.best]
         chosen.append(best)
+        levels = outcome.extra.get("structure_level_of_run")
         path.append({"kl_weights": [float(c) for c, p in zip(c_of_run[restart == r], cand)
                                     if np.array_equal(p, best)],
+                     "levels": [lv for lv, p in zip(np.asarray(levels)[restart == r], cand)
+                                if np.array_equal(p, best)] if levels else None,
                      "num_candidates": len(sel.choices),
                      "candidates": sel.choices.tolist(),
                      "candidate_val_seeds": sel.val.tolist(),

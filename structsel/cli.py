@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "by overrides, e.g. 'small,search_steps=100,train_steps=200' "
                         "(default: 'mnist1d' for mnist1d, else 'default')")
     s.add_argument("--kl-weight", metavar="C[,C...]",
-                   help="KL weight c of the Bayesian methods (bayes, bayes_inner): the ELBO "
+                   help="KL weight c of the Bayesian methods (bayes, bayes_inner, bayes_outer): the ELBO "
                         "at an effective sample size m / c (c = 1: the evidence bound of "
                         "this data set). One value, or a comma list run as a complexity "
                         "path, each selection retrained and the best on validation kept "

@@ -55,7 +55,8 @@ def test_every_method_runs_and_writes_its_workdir(method, digits, tmp_path):
         path = methods.METHODS[method].path
         assert summary["kl_weight_path"] == sorted(path, reverse=True)
         assert set(summary["kl_weight"]) <= set(path)
-        assert len(summary["restart_choices"]) == 2 * len(path)
+        levels = 2 if methods.METHODS[method].structure_level == "both" else 1
+        assert len(summary["restart_choices"]) == 2 * len(path) * levels
         front = json.loads((tmp_path / method / "front.json").read_text())
         assert sum(r["chosen"] for r in front["candidates"]) == 1
         assert {"front.json", "front.png"} <= files
@@ -184,7 +185,7 @@ def _occam_data(kind, seed=0, n=1000, d=8):
 @pytest.mark.slow
 def test_occams_razor_linear_target_selects_a_smaller_model(tmp_path):
     """Same amount of data (1000 rows): the default Bayesian search (the path of KL weights
-    c, every distinct selection retrained with 3 seeds, one-standard-error rule) selects a
+    c at both structure levels, every distinct selection retrained with 3 seeds) selects a
     parameter-free or linear op for a target linear in the features, and a nonlinear op
     for a strongly nonlinear one, whose test RMSE is then well below the target's standard
     deviation (a model that predicts). The stem and readout are linear, so the identity op
@@ -251,8 +252,8 @@ def test_kl_weights_override_the_path(digits, tmp_path):
         runner.search_config(method="darts1", kl_weights="0.1")
 
 
-def test_one_standard_error_rule():
-    # candidates within one SE (pooled seed std / sqrt(S)) of the best mean: fewest
+def test_selection_rules():
+    # rule "one_se": candidates within one SE (pooled seed std / sqrt(S)) of the best mean: fewest
     # parameters win; the SE here: seed std 0.01 (ddof 1) over sqrt(4) = 0.005
     from structsel.search.selection import one_se_choice
     noise = np.array([-0.01, 0.01, -0.01, 0.01]) * np.sqrt(3) / 2  # std (ddof 1) 0.01
@@ -263,3 +264,9 @@ def test_one_standard_error_rule():
     assert one_se_choice(val, [1000, 10, 100], higher_is_better=True)[0] == 1  # a tie
     assert one_se_choice(val, [1000, 10, 100], higher_is_better=False)[0] == 2  # RMSE
     assert one_se_choice(val[:, :1], [1000, 10, 100], higher_is_better=True)[0] == 0
+    # rule "best" (the default of select): only exact ties go to fewer parameters
+    assert one_se_choice(val, [1000, 10, 100], higher_is_better=True, rule="best") == (0, 0.0)
+    tied = np.array([[0.9, 0.9], [0.9, 0.9], [0.8, 0.8]])
+    assert one_se_choice(tied, [500, 50, 5], higher_is_better=True, rule="best")[0] == 1
+    with pytest.raises(ValueError, match="rule must be one of"):
+        one_se_choice(val, [1, 2, 3], higher_is_better=True, rule="median")

@@ -8,8 +8,9 @@ edge of the mean structure gamma:
 
 | name        | weights        | relaxation     | coefficients            | hypergradient        |
 |-------------|----------------|----------------|-------------------------|----------------------|
-| bayes       | q(w) Gaussian  | Gumbel-Softmax | (1, c, c), c on a path  | greedy; q(Gamma) in h |
-| bayes_inner | q(w) Gaussian  | Gumbel-Softmax | (1, c, c), c on a path  | greedy; q(Gamma) in θ |
+| bayes       | q(w) Gaussian  | Gumbel-Softmax | (1, c, c), c on a path  | greedy; both levels  |
+| bayes_inner | q(w) Gaussian  | Gumbel-Softmax | (1, c, c), c on a path  | greedy; q(Gamma) in θ|
+| bayes_outer | q(w) Gaussian  | Gumbel-Softmax | (1, c, c), c on a path  | greedy; q(Gamma) in h|
 | darts1      | point          | Softmax        | likelihood only (DARTS) | greedy (1st order)   |
 | darts2      | point          | Softmax        | likelihood only         | darts (2nd order)    |
 | gdas        | point          | Gumbel-Softmax | likelihood only         | greedy, t: 10 -> 0.1 |
@@ -21,9 +22,10 @@ edge of the mean structure gamma:
 `path`, all runs (c values x restarts) in one compiled program, the coefficients traced per
 run; the driver retrains every distinct selection and keeps the best on validation
 (`structsel.search.selection`: one-standard-error rule, ties to fewer parameters).
-In `bayes` the parameters of q(Gamma) are outer variables (h), trained along the outer
-objective -Q on validation data as DARTS trains its logits; `bayes_inner` keeps them in
-theta (the thesis' form: q(Gamma) chosen by the training-set ELBO).
+In `bayes_outer` the parameters of q(Gamma) are outer variables (h), trained along the
+outer objective -Q on validation data as DARTS trains its logits; `bayes_inner` keeps them
+in theta (the thesis' form: q(Gamma) chosen by the training-set ELBO); `bayes` runs both
+and lets the validation data choose among their proposals.
 
 Black-box methods call the `Evaluator` (structures trained from scratch) or any object
 with its `reward(choices, key=)`, such as `enumeration.TableLookup`:
@@ -101,7 +103,8 @@ class GradientSearch:
     # KL weights c of the complexity path: every run uses the preset's coefficients with
     # lambda_prior^Q and lambda_prior^L multiplied by c (Bayesian weights only); () = no path.
     path: tuple = ()
-    # where q(Gamma) is trained: "inner" (training-set ELBO) or "outer" (validation Q)
+    # where q(Gamma) is trained: "inner" (training-set ELBO), "outer" (validation Q), or
+    # "both" (the path run at each level, the proposals of both retrained and compared)
     structure_level: str = "inner"
 
     def check(self, *, relaxation: str | None, space: str) -> None:
@@ -116,6 +119,9 @@ class GradientSearch:
         extra = {"log_std_floor": self.log_std_floor} if self.weights == "gaussian" else {}
         if likelihood == "gaussian" and self.learn_noise:
             extra["noise_std"] = None
+        if self.structure_level not in ("inner", "outer"):
+            raise ValueError(f"structure_level must be 'inner' or 'outer' for one objective, "
+                             f"got {self.structure_level!r}")
         weights = (objective.GaussianWeights(structure=self.structure_level)
                    if self.weights == "gaussian" else objective.PointWeights())
         return objective.Objective(problem.space.family, likelihood, relax,
@@ -148,6 +154,20 @@ class GradientSearch:
     def search(self, problem, evaluator, *, key, restarts: int, relaxation: str | None = None,
                progress: bool = False, jit: Callable = jax.jit) -> Outcome:
         """Bilevel training of `restarts` supernets (x the path's c values), argmax per edge.
+
+        structure_level "both": the path with q(Gamma) at the inner level, then at the outer
+        level (two compiled programs, the same keys), the proposals of both returned.
+        """
+        if self.structure_level == "both":
+            runs = [dataclasses.replace(self, structure_level=level).search(
+                problem, evaluator, key=key, restarts=restarts, relaxation=relaxation,
+                progress=progress, jit=jit) for level in ("inner", "outer")]
+            return _concatenate(runs, ("inner", "outer"))
+        return self._search(problem, evaluator, key=key, restarts=restarts,
+                            relaxation=relaxation, progress=progress, jit=jit)
+
+    def _search(self, problem, evaluator, *, key, restarts, relaxation, progress, jit):
+        """One structure level: see `search`.
 
         All runs (restart-major: row r * P + p is restart r at c = path[p]; the c values of
         one restart share its initialisation) are one compiled program, vmapped or mapped.
@@ -227,6 +247,24 @@ def check_kl_weights(method: str, values) -> tuple[float, ...]:
     if not out:
         raise ValueError("kl_weights must hold at least one value")
     return tuple(out)
+
+
+def _concatenate(outcomes, levels) -> Outcome:
+    """The runs of several searches as one outcome (rows one search after the other)."""
+    cat = lambda xs: np.concatenate(xs, axis=0)  # noqa: E731
+    first = outcomes[0]
+    extra = {"diverged_restarts": sum(o.extra["diverged_restarts"] for o in outcomes),
+             "zero_fraction": float(np.mean([o.extra["zero_fraction"] for o in outcomes])),
+             "structure_level_of_run": sum(([lv] * len(o.choices)
+                                            for o, lv in zip(outcomes, levels)), [])}
+    for k in ("final_outer_loss", "restart_of_run", "kl_weight_of_run"):
+        if k in first.extra:
+            extra[k] = sum((list(o.extra[k]) for o in outcomes), [])
+    rows = [{k: float(np.mean([o.history[t][k] for o in outcomes])) for k in first.history[t]}
+            for t in range(len(first.history))]
+    return Outcome(cat([o.choices for o in outcomes]), cat([o.gamma for o in outcomes]),
+                   cat([o.gamma_history for o in outcomes]),
+                   sum(o.num_evaluations for o in outcomes), rows, first.relaxation, extra)
 
 
 class ProgramCache:
@@ -435,18 +473,24 @@ class AdaNetSearch(BlackBoxSearch):
 METHODS: dict[str, Any] = {
     # Prior log-std floor -1 (not the objective's -4): with -4 the gamma-scaled ARD prior
     # makes the search anti-Occam on small data (docs/search.md); noise std learned in h.
-    # A path of KL weights c, every proposal retrained and chosen on validation; q(Gamma)
-    # trained by the outer (validation) objective: measured better than the inner level
-    # on both tables (docs/search.md), so it is the default.
+    # A path of KL weights c, run with q(Gamma) at the inner and at the outer level (each
+    # better on one of the two tables, docs/search.md), every proposal retrained and the
+    # best on validation kept.
     "bayes": GradientSearch("gumbel_softmax", weights="gaussian", coefficients=objective.elbo,
                             schedule=("exponential", 1.0, 0.3), log_std_floor=-1.0,
                             learn_noise=True, path=(1.0, 0.3, 0.1, 0.03, 0.01),
-                            structure_level="outer"),
+                            structure_level="both"),
     # the thesis' form: q(Gamma) an inner variable, chosen by the training-set ELBO
     "bayes_inner": GradientSearch("gumbel_softmax", weights="gaussian",
                                   coefficients=objective.elbo,
                                   schedule=("exponential", 1.0, 0.3), log_std_floor=-1.0,
                                   learn_noise=True, path=(1.0, 0.3, 0.1, 0.03, 0.01)),
+    # q(Gamma) trained by the outer (validation) objective, as DARTS trains its logits
+    "bayes_outer": GradientSearch("gumbel_softmax", weights="gaussian",
+                                  coefficients=objective.elbo,
+                                  schedule=("exponential", 1.0, 0.3), log_std_floor=-1.0,
+                                  learn_noise=True, path=(1.0, 0.3, 0.1, 0.03, 0.01),
+                                  structure_level="outer"),
     "darts1": GradientSearch("softmax", exclude_zero=True),
     "darts2": GradientSearch("softmax", hypergradient="darts", exclude_zero=True),
     "gdas": GradientSearch("gumbel_softmax", schedule=("exponential", 10.0, 0.1),

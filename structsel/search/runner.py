@@ -469,7 +469,9 @@ def _retrain_selected(problem, evaluator, outcome, run, config, key, base) -> di
     space = problem.space
     gamma = outcome.gamma[runs[0]]
     kl_weights = outcome.extra.get("kl_weight_of_run")
-    labels = [f"c={kl_weights[i]:g}" if kl_weights else f"restart {r}"
+    levels = outcome.extra.get("structure_level_of_run")
+    labels = [(f"c={kl_weights[i]:g}" + (f" {levels[i]}" if levels else "")) if kl_weights
+              else f"restart {r}"
               for i, r in enumerate(outcome.extra.get("restart_of_run",
                                                       range(len(proposals))))]
     summary = {
@@ -481,6 +483,7 @@ def _retrain_selected(problem, evaluator, outcome, run, config, key, base) -> di
         "test_metric": float(chosen.test[best].mean()),
         "test_metric_std": float(chosen.test[best].std()),
         "selection_tolerance": chosen.tolerance,
+        "proposed_by": [labels[i] for i in runs],
         "restart_choices": proposals.tolist(),
         "extra": outcome.extra,
     }
