@@ -140,7 +140,7 @@ def spearman(a, b) -> float:
 def run_table(name: str, cfg: Config) -> tuple[dict, list[dict]]:
     """Trains and scores the chosen structures of one table; (summary, per-structure rows)."""
     space_name, dataset, budget_name = TABLES[name]
-    table = enumeration.load_table(space_name, dataset)
+    table = enumeration.load_enumeration_table(space_name, dataset)
     budget = runner.parse_budget(cfg.budget or budget_name)
     ds = runner.load_data(dataset=dataset, data=None, target=None, task=None, split_seed=cfg.seed,
                           budget=budget)

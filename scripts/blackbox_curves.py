@@ -189,7 +189,7 @@ def main(argv=None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     for pair in args.tables.split(","):
         space, dataset = pair.split(":")
-        table = enumeration.load_table(space, dataset)
+        table = enumeration.load_enumeration_table(space, dataset)
         if table is None:
             raise SystemExit(f"no enumeration table for {space} x {dataset}")
         res = {"references": references(table), "runs": {}}

@@ -248,7 +248,7 @@ def main(argv=None) -> int:
         jax.config.update("jax_compilation_cache_dir", args.cache)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     budget = runner.parse_budget(args.budget)
-    table = enumeration.load_table(args.space, args.dataset)
+    table = enumeration.load_enumeration_table(args.space, args.dataset)
     if table is None:
         raise SystemExit(f"no enumeration table for {args.space} x {args.dataset}: run "
                          "structsel enumerate first")

@@ -158,7 +158,7 @@ def test_blackbox_curves_tiny(tmp_path):
     result = json.loads(out.read_text())
     res = result["tables"]["mlp3 x digits"]
     from structsel.search import enumeration
-    table = enumeration.load_table("mlp3", "digits")
+    table = enumeration.load_enumeration_table("mlp3", "digits")
     best = max(r["test_mean"] for r in table["rows"])
     by_val = max(table["rows"], key=lambda r: r["val_mean"])
     # the reference rows are the table's own numbers

@@ -120,16 +120,16 @@ def test_regret_and_rank_against_a_hand_table():
 def test_table_round_trip(tmp_path):
     table = _hand_table()
     path = enumeration.save_table(table, tmp_path / "t.json")
-    loaded = enumeration.load_table("toy", "hand", path)
+    loaded = enumeration.load_enumeration_table("toy", "hand", path)
     assert loaded == json.loads(json.dumps(table))
     assert loaded["rows"][1]["test_std"] == pytest.approx(0.1)
     assert loaded["rows"][1]["ops"] == ["a", "b"]
-    assert enumeration.load_table("toy", "hand", tmp_path / "absent.json") is None
+    assert enumeration.load_enumeration_table("toy", "hand", tmp_path / "absent.json") is None
 
 
 @pytest.mark.parametrize("space_name,dataset", [("mlp3", "digits"), ("conv1d3", "mnist1d")])
 def test_committed_tables_are_complete(space_name, dataset):
-    table = enumeration.load_table(space_name, dataset)
+    table = enumeration.load_enumeration_table(space_name, dataset)
     if table is None:
         pytest.skip(f"no committed table for {space_name} x {dataset}")
     assert table["num_structures"] == len(table["rows"]) == 125
@@ -169,7 +169,7 @@ def test_table_lookup_answers_with_one_stored_seed():
 def test_committed_tabular_table_matches_its_budget():
     from structsel.search import runner
 
-    table = enumeration.load_table("tabular", "digits")
+    table = enumeration.load_enumeration_table("tabular", "digits")
     if table is None:
         pytest.skip("no committed table for tabular x digits")
     assert table["num_structures"] == len(table["rows"]) == 125 and table["num_seeds"] == 3

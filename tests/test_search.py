@@ -129,7 +129,7 @@ def test_mnist1d_search_end_to_end(tmp_path):
     # width 4: at least the stem conv3 1->4 (16) and the readout 8->10 (90)
     assert summary["params"] >= 16 + 90 and 0.0 <= summary["test_metric"] <= 1.0
     assert {"structure.json", "cell.png", "gamma.png"} <= _files(tmp_path / "m")
-    table = enumeration.load_table("conv1d3", "mnist1d")
+    table = enumeration.load_enumeration_table("conv1d3", "mnist1d")
     if table is not None:
         # read off the table directly: the selected row's mean test accuracy vs the best
         row = next(r for r in table["rows"] if r["choice"] == summary["choice"])

@@ -164,7 +164,7 @@ def test_default_config_trains_bit_identically_to_the_old_trainer(batch_size):
 
 
 def test_old_tables_match_the_default_budget_only():
-    table = enumeration.load_table("mlp3", "digits")
+    table = enumeration.load_enumeration_table("mlp3", "digits")
     if table is None:
         pytest.skip("no committed mlp3 x digits table")
     assert "schedule" not in table["settings"]["budget"]  # written before the new fields

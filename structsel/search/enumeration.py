@@ -308,7 +308,8 @@ def save_table(table: dict, path: str | pathlib.Path) -> pathlib.Path:
     return path
 
 
-def load_table(space: str, dataset: str, path: str | pathlib.Path | None = None) -> dict | None:
+def load_enumeration_table(space: str, dataset: str,
+                           path: str | pathlib.Path | None = None) -> dict | None:
     """The committed table of `space` x `dataset` (or the file `path`); None if there is none."""
     path = pathlib.Path(path) if path is not None else table_path(space, dataset)
     if not path.is_file():

@@ -436,7 +436,8 @@ def run_search(config: SearchConfig, *, progress: bool = True,
     if ds.classes is not None:
         summary["classes"] = list(ds.classes)
     if "table" in summary:  # the tables were computed on one split: like for like only on it
-        table = enumeration.load_table(problem.space.name, problem.dataset, summary["table"])
+        table = enumeration.load_enumeration_table(problem.space.name, problem.dataset,
+                                                   summary["table"])
         summary["table_matches_split"] = table["settings"].get("split") == ds.split
         summary["table_like_for_like"] = bool(summary.get("table_matches_budget")
                                               and summary["table_matches_split"])
@@ -490,7 +491,8 @@ def _retrain_selected(problem, evaluator, outcome, run, config, key, base) -> di
     if kl_weights:
         summary["kl_weight"] = sorted({kl_weights[i] for i in runs}, reverse=True)
         summary["kl_weight_path"] = sorted(set(kl_weights), reverse=True)
-    table = enumeration.load_table(space.name, problem.dataset) if config.data is None else None
+    table = (enumeration.load_enumeration_table(space.name, problem.dataset)
+             if config.data is None else None)
     if table is not None:
         summary.update(enumeration.regret_and_rank(table, choice))
         summary["table_matches_budget"] = table_matches(table, config.budget)
