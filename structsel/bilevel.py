@@ -197,8 +197,8 @@ class BilevelTrainer:
         return jax.vmap(one)(keys, coefficients)
 
     def _context(self, key, step, coefficients=None) -> Context:
-        return Context(key, jnp.asarray(self.temperature(step), jnp.result_type(float)),
-                       jnp.asarray(step < self.warmup_steps), coefficients)
+        return Context.create(key, self.temperature(step), step < self.warmup_steps,
+                              coefficients)
 
     def step(self, state: BilevelState, train_batch, val_batch):
         """One outer step: ``inner_steps`` optax steps on theta, then h <- optax(dQ/dh).
