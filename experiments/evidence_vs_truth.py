@@ -22,6 +22,10 @@ Run: python -m experiments.evidence_vs_truth [--smoke] [--workdir DIR] [--figure
 """
 from __future__ import annotations
 
+if not __package__:  # run as a file (python experiments/x.py), from any directory
+    import os, sys  # noqa: E401
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 import dataclasses
 import functools
 import time

@@ -24,6 +24,10 @@ Run: python -m experiments.glm_toy [--smoke] [--workdir DIR] [--figures docs/fig
 
 from __future__ import annotations
 
+if not __package__:  # run as a file (python experiments/x.py), from any directory
+    import os, sys  # noqa: E401
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 import dataclasses
 from typing import Any, NamedTuple, Sequence
 

@@ -14,6 +14,10 @@ Run: python -m experiments.relaxations [--smoke] [--workdir DIR] [--figures docs
 
 from __future__ import annotations
 
+if not __package__:  # run as a file (python experiments/x.py), from any directory
+    import os, sys  # noqa: E401
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 import dataclasses
 from typing import Any, Sequence
 

@@ -17,6 +17,10 @@ convention): t -> infinity concentrates it at s / sum(s), not at the centre.
 
 from __future__ import annotations
 
+if not __package__:  # run as a file (python experiments/x.py), from any directory
+    import os, sys  # noqa: E401
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 import argparse
 import dataclasses
 import math

@@ -21,6 +21,10 @@ Seeds are batched with `jax.vmap` in one jitted program (search and retraining).
 """
 from __future__ import annotations
 
+if not __package__:  # run as a file (python experiments/x.py), from any directory
+    import os, sys  # noqa: E401
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 import dataclasses
 import functools
 

@@ -16,6 +16,10 @@ program against `lax.map` over the restarts (`Budget.batching`).
 
 from __future__ import annotations
 
+if not __package__:  # run as a file (python scripts/x.py), from any directory
+    import os, sys  # noqa: E401
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 import os
 import sys
 

@@ -15,6 +15,10 @@ one call per contender to check the results are finite.
 
 from __future__ import annotations
 
+if not __package__:  # run as a file (python scripts/x.py), from any directory
+    import os, sys  # noqa: E401
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 import os
 import sys
 

@@ -18,6 +18,10 @@ Needs torch and torchopt (the optional `bench` extra; never part of CI):
 
 from __future__ import annotations
 
+if not __package__:  # run as a file (python scripts/x.py), from any directory
+    import os, sys  # noqa: E401
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 import os
 import sys
 
@@ -252,9 +256,13 @@ def measure(problem: dict, args, *, unroll: int, inner_steps: int) -> list[dict]
 def main(argv=None) -> dict:
     """Runs both problems, prints the table, writes the JSON."""
     args = _bench.parse(_bench.parser(__doc__.splitlines()[0]), argv)
-    import torch
-
-    import torchopt
+    try:
+        import torch
+        import torchopt
+    except ImportError as err:  # the optional extra is missing: one line, no traceback
+        print(f"bench_torch.py: error: {err.name} is not installed; it needs the optional "
+              'extra: pip install -e ".[bench]"', file=sys.stderr)
+        raise SystemExit(2) from None
 
     if args.device == "gpu" and not torch.cuda.is_available():
         raise SystemExit("--device gpu: torch has no CUDA device here")

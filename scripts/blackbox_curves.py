@@ -22,6 +22,10 @@ as points at their equivalent compute (--overlay space:dataset=JSON, repeatable)
 """
 from __future__ import annotations
 
+if not __package__:  # run as a file (python scripts/x.py), from any directory
+    import os, sys  # noqa: E401
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 import argparse
 import dataclasses
 import json

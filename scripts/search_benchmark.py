@@ -20,6 +20,10 @@ finished rows. The XLA compilation cache defaults to the CLI's (~/.cache/structs
 """
 from __future__ import annotations
 
+if not __package__:  # run as a file (python scripts/x.py), from any directory
+    import os, sys  # noqa: E401
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 import argparse
 import dataclasses
 import json

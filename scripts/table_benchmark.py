@@ -24,6 +24,10 @@ more than the seed noise (here: the larger of the two methods' std over split se
 """
 from __future__ import annotations
 
+if not __package__:  # run as a file (python scripts/x.py), from any directory
+    import os, sys  # noqa: E401
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 import argparse
 import json
 import pathlib
