@@ -6,6 +6,8 @@
                      [--no-fallback] [--no-gradient-boosting] [--workdir DIR]
     structsel enumerate --space mlp3 --dataset digits --seeds 3 [--budget ...] [--out FILE]
     structsel retrain --structure FILE [--data FILE ...] [--seed N] [--workdir DIR]
+    structsel sweep TARGET --grid KEY=V1,V2,... [--grid ...] --seeds N [--workdir DIR]
+                    [--devices all|N] [--resume] [--distributed ...]
 
 Bad data or arguments print one line `structsel: error: ...` on stderr and exit with 2
 (no traceback); a selection that loses to the linear model or ignores its input prints
@@ -113,7 +115,51 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--budget", default="default", help="budget preset and overrides")
     r.add_argument("--workdir", help="output directory (default: next to the structure)")
     r.set_defaults(func=_retrain)
+
+    w = sub.add_parser("sweep", help="a grid x seeds of runs, vmapped and sharded over devices "
+                                     "(docs/sweep.md)")
+    w.add_argument("target", help="glm_toy, search, or an experiment of experiments/ "
+                                   "(two_layer_digits, ...)")
+    w.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
+                   help="values of one key (repeatable; unknown keys list the allowed ones)")
+    w.add_argument("--seeds", type=_positive_int, default=1, help="seeds 0..N-1 per setting")
+    w.add_argument("--workdir", default="results/sweep", help="output directory "
+                                                              "(default results/sweep)")
+    w.add_argument("--devices", default=None, metavar="all|N",
+                   help="shard the run axis over all or N local devices (default: one)")
+    w.add_argument("--resume", action="store_true",
+                   help="continue the sweep in --workdir: finished runs kept, interrupted "
+                        "groups continue from their last checkpoint")
+    w.add_argument("--checkpoint-every", type=_positive_int, metavar="STEPS",
+                   help="steps between checkpoints of a group (default: every chunk)")
+    w.add_argument("--distributed", action="store_true",
+                   help="jax.distributed.initialize() (SLURM auto-detected): each process "
+                        "runs its share, process 0 merges the rows")
+    w.add_argument("--coordinator", metavar="HOST:PORT", help="coordinator of --distributed")
+    w.add_argument("--num-processes", type=_positive_int, help="processes of --distributed")
+    w.add_argument("--process-id", type=_nonnegative_int, help="this process' id")
+    w.add_argument("--no-progress", action="store_true", help="no progress bar")
+    w.set_defaults(func=_sweep)
     return parser
+
+
+def _sweep(args) -> int:
+    from structsel import sweep
+    from structsel.checkpoint import CheckpointError
+
+    try:
+        out = sweep.sweep(args.target, args.grid, args.seeds, args.workdir, args.devices,
+                          args.resume, distributed=args.distributed,
+                          coordinator=args.coordinator, num_processes=args.num_processes,
+                          process_id=args.process_id, checkpoint_every=args.checkpoint_every,
+                          progress=not args.no_progress)
+    except CheckpointError as err:
+        raise ValueError(str(err)) from None
+    if "table" in out:
+        print(out["table"])
+        print(f"{out['finished']} of {out['num_runs']} runs finished; wrote "
+              f"{out['workdir']}/runs.csv and summary.csv")
+    return 0
 
 
 def _search(args) -> int:

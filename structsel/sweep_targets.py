@@ -1,0 +1,460 @@
+"""What `structsel sweep` can sweep: the targets, their grid keys and how a group runs.
+
+A target declares its grid keys (`Key`: a parser that validates a value, a default, and
+whether the key is *static*, i.e. changes the compiled program) and a `run_group` that
+runs a list of runs sharing every static key. Three kinds:
+
+- `glm_toy` (`GlmToy`): the thesis' GLM toy as ONE jitted, vmapped program per static
+  group. The lambda coefficients, lambda_temp, the ARD switch and the Adam learning rate
+  (`optax.inject_hyperparams`, so it lives in the optimiser state) are traced per run;
+  the run axis is sharded over the devices of a `jax.sharding.Mesh` and the group is
+  advanced with `structsel.loop.run_chunks`, checkpointed as one pytree.
+- `search` (`Search`): `structsel search` with its flags as keys; the runs of a sweep
+  are a loop over `run_search` (each a whole search + retrain with its own workdir); the
+  compiled programs are shared through the search's `ProgramCache` / trainer cache.
+- any other experiment of `experiments/` (`Experiment`): its `Config` fields as keys
+  (plus `smoke`), each run a call of its `main` (a plain loop).
+
+Entry-point layer (like `structsel.search.runner`): it owns the jit boundary.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib
+import json
+import math
+import pathlib
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+EXPERIMENTS = ("complexity", "enumeration_demo", "evidence_vs_truth", "hypergradients",
+               "relaxations", "simplex_densities", "two_layer_digits", "vae_ard")
+
+
+# ------------------------------------------------------------------------ grid keys
+@dataclasses.dataclass(frozen=True)
+class Key:
+    """A grid key: `parse(value)` validates (str from the command line, or a Python value)
+    and returns the canonical value; `static` keys split the runs into compiled groups."""
+
+    name: str
+    parse: Callable[[Any], Any]
+    default: Any
+    static: bool
+    help: str = ""
+
+
+def _is_none(value) -> bool:
+    return value is None or (isinstance(value, str) and value.strip().lower() == "none")
+
+
+def _number(name, *, kind=float, minimum=None, positive=False, none_ok=False):
+    def parse(value):
+        if none_ok and _is_none(value):
+            return None
+        raw = value
+        if isinstance(value, str):
+            try:
+                raw = json.loads(value)
+            except json.JSONDecodeError:
+                raw = None
+        ok = (isinstance(raw, (int, float)) and not isinstance(raw, bool)
+              and math.isfinite(raw) and (kind is float or float(raw).is_integer())
+              and not (minimum is not None and raw < minimum) and not (positive and raw <= 0))
+        if not ok:
+            what = "an int" if kind is int else "a finite number"
+            bound = " > 0" if positive else (f" >= {minimum}" if minimum is not None else "")
+            extra = " or none" if none_ok else ""
+            raise ValueError(f"grid key {name} must be {what}{bound}{extra}, got {value!r}")
+        return kind(raw)
+    return parse
+
+
+def _choice(name, allowed, *, none_ok=False):
+    def parse(value):
+        if none_ok and _is_none(value):
+            return None
+        if value not in allowed:
+            raise ValueError(f"grid key {name} must be one of {sorted(allowed)}, got {value!r}")
+        return value
+    return parse
+
+
+def _boolean(name):
+    def parse(value):
+        table = {"true": True, "1": True, "false": False, "0": False}
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in table:
+            return table[value.lower()]
+        raise ValueError(f"grid key {name} must be true or false, got {value!r}")
+    return parse
+
+
+def _text(name):
+    def parse(value):
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(f"grid key {name} must be a non-empty string, got {value!r}")
+        return value.strip()
+    return parse
+
+
+# ------------------------------------------------------------------------ group context
+@dataclasses.dataclass
+class GroupEnv:
+    """What the sweep gives a target's `run_group`: the device mesh (None: default device),
+    a checkpoint directory and fingerprint for the group, each run's own directory, and
+    `progress(steps_done, steps_total)` for the progress bar."""
+
+    mesh: Any
+    checkpoint_dir: pathlib.Path | None
+    checkpoint_every: int | None
+    fingerprint: dict
+    run_dirs: list
+    progress: Callable[[int, int], None] = lambda done, total: None
+
+
+# ------------------------------------------------------------------------ GLM toy
+def _repo_experiments():
+    """Imports the `experiments` package (repository root on sys.path if needed)."""
+    try:
+        return importlib.import_module("experiments")
+    except ModuleNotFoundError:
+        root = pathlib.Path(__file__).resolve().parent.parent
+        if not (root / "experiments" / "__init__.py").exists():
+            raise ValueError("the experiment targets need the structsel repository checkout "
+                             "(experiments/ next to structsel/)") from None
+        sys.path.insert(0, str(root))
+        return importlib.import_module("experiments")
+
+
+def _glm_module():
+    _repo_experiments()
+    return importlib.import_module("experiments.glm_toy")
+
+
+class GlmToy:
+    """The GLM toy (experiments/glm_toy.py): grid over lambdas, lambda_temp, lr, ARD."""
+
+    name = "glm_toy"
+    vectorised = True
+    metrics = ("mass_f0", "mass_f1", "mass_f2", "inner_loss", "outer_loss")
+    keys = {k.name: k for k in (
+        Key("lik_q", _number("lik_q", minimum=0.0), 1.0, False, "lambda_lik^Q"),
+        Key("prior_q", _number("prior_q", minimum=0.0), 1.0, False, "lambda_prior^Q"),
+        Key("prior_l", _number("prior_l", minimum=0.0), 1.0, False, "lambda_prior^L"),
+        Key("temperature", _number("temperature", positive=True), 1.0, False, "lambda_temp"),
+        Key("lr", _number("lr", positive=True), 0.01, False, "Adam step of theta and h"),
+        Key("fixed_log_alpha", _number("fixed_log_alpha", none_ok=True), -10.0, False,
+            "log A after the warm-up (none: learned)"),
+        Key("iterations", _number("iterations", kind=int, minimum=1), 1000, True,
+            "outer steps"),
+        Key("warmup", _number("warmup", kind=int, minimum=0), 500, True, "warm-up steps"),
+        Key("chunk", _number("chunk", kind=int, minimum=1), 100, True,
+            "steps per compiled call (progress, checkpoints)"),
+        Key("num_samples", _number("num_samples", kind=int, minimum=1), 3, True,
+            "Monte Carlo samples r"),
+        Key("num_objects", _number("num_objects", kind=int, minimum=2), 50, True, "m"),
+        Key("noise", _number("noise", minimum=0.0), 0.5, True, "data noise std"),
+        Key("data_seed", _number("data_seed", kind=int, minimum=0), 0, True, "seed of x, y"),
+        Key("fast_compile", _boolean("fast_compile"), False, True,
+            "XLA -O0 (smoke runs: compile fast, run slower)"),
+    )}
+
+    def check(self, setting: Mapping[str, Any]) -> None:
+        if setting["iterations"] % setting["chunk"]:
+            raise ValueError(f"grid key iterations ({setting['iterations']}) must be a "
+                             f"multiple of chunk ({setting['chunk']})")
+
+    def run_group(self, settings: Sequence[dict], seeds: Sequence[int], env: GroupEnv
+                  ) -> list[dict]:
+        import jax
+        from jax.sharding import NamedSharding, PartitionSpec
+
+        from structsel.loop import run_chunks
+
+        s0 = settings[0]
+        program = glm_program(**{k: s0[k] for k, key in self.keys.items() if key.static})
+        n = len(settings)
+        ndev = 1 if env.mesh is None else env.mesh.size
+        size = -(-n // ndev) * ndev                     # pad the run axis to a multiple
+        index = list(range(n)) + [n - 1] * (size - n)
+        rows = [settings[i] for i in index]
+        traced = program.settings(rows)
+        states = program.init(np.asarray([seeds[i] for i in index]), traced)
+        x, y = program.data
+        if env.mesh is not None:
+            runs = NamedSharding(env.mesh, PartitionSpec("runs"))
+            rep = NamedSharding(env.mesh, PartitionSpec())
+            states, traced = jax.device_put((states, traced), runs)
+            x, y = jax.device_put((x, y), rep)
+        start = time.perf_counter()
+        program.chunk_fn.lower(states, traced, x, y).compile()   # jit reuses it below
+        compile_s = time.perf_counter() - start
+        checkpointer = None
+        if env.checkpoint_dir is not None:
+            from structsel.checkpoint import Checkpointer
+            every = env.checkpoint_every or s0["chunk"]
+            checkpointer = Checkpointer(env.checkpoint_dir, every=every, fingerprint={
+                **env.fingerprint, "padded_runs": size, "devices": ndev})
+        total = s0["iterations"]
+        try:
+            states, hist, info = run_chunks(
+                program.chunk_fn, states, num_steps=total, chunk=s0["chunk"], args=(traced, x, y),
+                checkpointer=checkpointer, history_axis=1, progress=False,
+                on_chunk=lambda step, st, h: env.progress(step, total))
+        finally:
+            if checkpointer is not None:
+                checkpointer.close()
+        run_s = time.perf_counter() - start - compile_s
+        theta = np.asarray(jax.device_get(states.params["struct"][0]))[:n]
+        mass = np.exp(theta - theta.max(-1, keepdims=True))
+        mass /= mass.sum(-1, keepdims=True)
+        hist = {k: np.asarray(v)[:n] for k, v in jax.device_get(hist).items()}
+        out = []
+        for i in range(n):
+            bad = hist["bad_step"][i][hist["bad_step"][i] >= 0]
+            status = "ok" if not bad.size else f"diverged at step {int(bad[0])}"
+            row = {f"mass_f{j}": float(mass[i, j]) for j in range(mass.shape[-1])}
+            for k in ("inner_loss", "outer_loss"):
+                row[k] = float(hist[k][i, -1]) if status == "ok" else math.nan
+            out.append({"metrics": row, "status": status, "compile_s": compile_s,
+                        "run_s": run_s, "resumed_from": info.get("resumed_from")})
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class GlmProgram:
+    """The compiled pieces of one static GLM group: data, `init(seeds, traced)` and the
+    jitted chunk `chunk_fn(states, traced, x, y) -> (states, per-chunk summary)`."""
+
+    data: tuple
+    trainer: Any
+    objective: Any
+    module: Any
+    chunk_fn: Any
+    init_fn: Any
+
+    def settings(self, rows: Sequence[dict]):
+        """The traced per-run settings (a glm_toy.Setting of arrays) and learning rates."""
+        g = self.module
+        fix = [r["fixed_log_alpha"] is not None for r in rows]
+        s = g.stack_settings([g.Setting(r["lik_q"], r["prior_q"], r["prior_l"],
+                                        r["temperature"], np.zeros(0), f,
+                                        r["fixed_log_alpha"] if f else 0.0)
+                              for r, f in zip(rows, fix)])
+        s = s._replace(struct=np.zeros((len(rows), 0), np.float32))
+        return {"setting": s, "lr": np.asarray([r["lr"] for r in rows], np.float32)}
+
+    def init(self, seeds, traced):
+        """States of the runs: seed s -> PRNGKey(s) (init_many splits it), lr per run."""
+        import jax
+        keys = jax.vmap(jax.random.PRNGKey)(np.asarray(seeds, np.uint32))
+        return self.init_fn(keys, traced["lr"])
+
+
+def _with_lr(opt_state, lr):
+    return opt_state._replace(hyperparams={**opt_state.hyperparams, "learning_rate": lr})
+
+
+@functools.lru_cache(maxsize=16)
+def glm_program(*, iterations, warmup, chunk, num_samples, num_objects, noise, data_seed,
+                fast_compile) -> GlmProgram:
+    """Builds (once per static setting) the GLM data, trainer and jitted functions."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from structsel.bilevel import BilevelTrainer
+    from structsel.data import glm_toy
+
+    g = _glm_module()
+    x, y = glm_toy(seed=data_seed, num_objects=num_objects, num_features=11, noise=noise)
+    objective = g.glm_objective(12, num_samples=num_samples)
+    inner, outer = g.make_losses(objective)
+    adam = optax.inject_hyperparams(optax.adam)(learning_rate=0.01)   # lr: traced per run
+    trainer = BilevelTrainer(inner, outer, adam, adam, warmup_steps=warmup,
+                             structure_fn=lambda p, h, c: p["struct"][0])
+
+    def init(keys, lrs):
+        states = trainer.init_many(lambda k: objective.init(k, x), keys)
+        return states.replace(inner_opt_state=_with_lr(states.inner_opt_state, lrs),
+                              outer_opt_state=_with_lr(states.outer_opt_state, lrs))
+
+    def one(state, setting, xx, yy):
+        state, h = trainer.run(state, (xx, yy, setting), (xx, yy, setting), chunk)
+        bad = jnp.where(h["diverged"], h["step"], jnp.iinfo(jnp.int32).max).min()
+        ok = ~h["diverged"][-1]
+        summary = {"inner_loss": jnp.where(ok, h["inner_loss"][-1], 0.0)[None],
+                   "outer_loss": jnp.where(ok, h["outer_loss"][-1], 0.0)[None],
+                   "bad_step": jnp.where(ok, -1, bad)[None]}
+        return state, summary
+
+    def run_chunk(states, traced, xx, yy):
+        return jax.vmap(one, in_axes=(0, 0, None, None))(states, traced["setting"], xx, yy)
+
+    return GlmProgram((jnp.asarray(x), jnp.asarray(y)), trainer, objective, g,
+                      g.jit(run_chunk, fast_compile), g.jit(init, fast_compile))
+
+
+# ------------------------------------------------------------------------ search
+class Search:
+    """`structsel search` runs: its flags (and the budget's fields) as grid keys."""
+
+    name = "search"
+    metrics = ("val_metric", "test_metric", "regret", "rank", "params", "num_evaluations",
+               "search_time_s")
+
+    @functools.cached_property
+    def keys(self) -> dict[str, Key]:
+        from structsel.data import SKLEARN_SETS
+        from structsel.search import runner
+
+        keys = [Key("dataset", _choice("dataset", SKLEARN_SETS + ("mnist1d",)), "digits", True),
+                Key("space", _choice("space", runner.space_names(), none_ok=True), None, True),
+                Key("method", _choice("method", runner.method_names()), "bayes", True),
+                Key("relaxation", _choice("relaxation", runner.relaxation_names(),
+                                          none_ok=True), None, True),
+                Key("budget", _choice("budget", runner.budget_names(), none_ok=True), None,
+                    True, "budget preset (default: the dataset's)"),
+                Key("kl_weight", _text("kl_weight"), None, True, "c or c1;c2 (a path)"),
+                Key("split_seed", _number("split_seed", kind=int, minimum=0, none_ok=True),
+                    None, True, "seed of the split (default: the run's seed)"),
+                Key("restarts", _number("restarts", kind=int, minimum=1), 1, True,
+                    "--seeds of one search (restarts run together)")]
+        for f in dataclasses.fields(runner.Budget):
+            if f.name == "name":
+                continue
+            kind = {"int": int, "float": float}.get(f.type)
+            parse = (_number(f.name, kind=kind, minimum=0) if kind else _text(f.name))
+            keys.append(Key(f.name, parse, None, True, f"budget field (default: the preset's)"))
+        return {k.name: k for k in keys}
+
+    def check(self, setting: Mapping[str, Any]) -> None:
+        self.config(setting, seed=0, workdir="unused")
+
+    def config(self, setting, *, seed, workdir):
+        """The validated `SearchConfig` of one run."""
+        from structsel.search import runner
+        budget_fields = [f.name for f in dataclasses.fields(runner.Budget) if f.name != "name"]
+        preset = setting["budget"] or runner.default_budget(setting["dataset"], setting["space"])
+        overrides = "".join(f",{k}={setting[k]}" for k in budget_fields
+                            if setting[k] is not None)
+        kl = setting["kl_weight"].replace(";", ",") if setting["kl_weight"] else None
+        return runner.search_config(
+            dataset=setting["dataset"], space=setting["space"], method=setting["method"],
+            relaxation=setting["relaxation"], seed=seed, seeds=setting["restarts"],
+            budget=preset + overrides, workdir=str(workdir), split_seed=setting["split_seed"],
+            gradient_boosting=False, kl_weights=kl)
+
+    def run_group(self, settings, seeds, env: GroupEnv) -> list[dict]:
+        from structsel.search import runner
+        out = []
+        for i, (setting, seed) in enumerate(zip(settings, seeds)):
+            start = time.perf_counter()
+            summary = runner.run_search(self.config(setting, seed=seed,
+                                                    workdir=env.run_dirs[i]), progress=False)
+            row = {m: summary.get(m, math.nan) for m in self.metrics}
+            row = {k: (float(v) if isinstance(v, (int, float)) else math.nan)
+                   for k, v in row.items()}
+            out.append({"metrics": row, "status": "ok", "compile_s": math.nan,
+                        "run_s": time.perf_counter() - start})
+            env.progress(i + 1, len(settings))
+        return out
+
+
+# ------------------------------------------------------------------------ experiments
+def _flat_numbers(tree, prefix="") -> dict[str, float]:
+    """Numeric scalars of a summary dict, keys joined with '.'."""
+    out = {}
+    for k, v in tree.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(_flat_numbers(v, name + "."))
+        elif isinstance(v, (bool, np.bool_)):
+            out[name] = float(v)
+        elif isinstance(v, (int, float, np.integer, np.floating)):
+            out[name] = float(v)
+        elif hasattr(v, "shape") and np.ndim(v) == 0:
+            out[name] = float(np.asarray(v))
+    return out
+
+
+class Experiment:
+    """An experiment of experiments/ via its Config fields and main (a loop over runs)."""
+
+    metrics = None                       # discovered from the first run's summary.json
+
+    def __init__(self, name: str):
+        self.name = name
+
+    @functools.cached_property
+    def module(self):
+        _repo_experiments()
+        return importlib.import_module(f"experiments.{self.name}")
+
+    @functools.cached_property
+    def keys(self) -> dict[str, Key]:
+        config = self.module.Config
+        keys = {"smoke": Key("smoke", _boolean("smoke"), False, True, "the Config.smoke() run")}
+        for f in dataclasses.fields(config):
+            if f.name == "seed":
+                continue
+            keys[f.name] = Key(f.name, _json_value(f.name), None, True,
+                               "Config field (default: the config's)")
+        return keys
+
+    def check(self, setting) -> None:
+        base = self.module.Config.smoke() if setting["smoke"] else self.module.Config()
+        changes = {k: v for k, v in setting.items() if k != "smoke" and v is not None}
+        dataclasses.replace(base, **changes)
+
+    def run_group(self, settings, seeds, env: GroupEnv) -> list[dict]:
+        out = []
+        has_seed = any(f.name == "seed" for f in dataclasses.fields(self.module.Config))
+        default = self.module.Config.smoke() if settings[0]["smoke"] else self.module.Config()
+        for i, (setting, seed) in enumerate(zip(settings, seeds)):
+            argv = ["--workdir", str(env.run_dirs[i])] + (["--smoke"] if setting["smoke"] else [])
+            argv += ["--seed", str(seed)] if has_seed else []
+            for k, v in setting.items():
+                if k != "smoke" and v != getattr(default, k):
+                    argv += ["--set", f"{k}={json.dumps(v)}"]
+            start = time.perf_counter()
+            summary = self.module.main(argv)
+            out.append({"metrics": _flat_numbers(summary), "status": "ok",
+                        "compile_s": math.nan, "run_s": time.perf_counter() - start})
+            env.progress(i + 1, len(settings))
+        return out
+
+
+def _json_value(name):
+    def parse(value):
+        if not isinstance(value, str):
+            return value
+        try:
+            out = json.loads(value)
+        except json.JSONDecodeError:
+            return value
+        return tuple(tuple(v) if isinstance(v, list) else v for v in out) \
+            if isinstance(out, list) else out
+    return parse
+
+
+def target_names() -> list[str]:
+    return ["glm_toy", "search", *EXPERIMENTS]
+
+
+def get_target(name: str):
+    """The target object of `name` (ValueError listing the targets otherwise)."""
+    if name == "glm_toy":
+        return GlmToy()
+    if name == "search":
+        return Search()
+    if name in EXPERIMENTS:
+        return Experiment(name)
+    raise ValueError(f"target must be one of {target_names()}, got {name!r}")
