@@ -19,7 +19,9 @@ import argparse
 import os
 import sys
 
+from structsel.bilevel import DivergenceError
 from structsel.data import TASKS, DataError
+from structsel.runs import RunWriteError
 
 
 def _int_at_least(minimum: int):
@@ -226,6 +228,13 @@ def main(argv: list[str] | None = None) -> int:
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         print(f"structsel: error: {message}", file=sys.stderr)
         return 2
+    except (DivergenceError, RunWriteError) as err:  # a run that failed: status.json says so
+        print(f"structsel: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("structsel: interrupted; the workdir's status.json says 'interrupted' and it "
+              "has no summary.json", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -1,17 +1,29 @@
 """Run directories: every run writes its config, seed, package versions and git revision.
 
 A workdir holds `config.json` (written at creation), `metrics.jsonl` (appended as the run
-goes, so nothing already finished is lost when it stops), `summary.json` and figures.
-This module is for entry points (experiments, the CLI); the library proper writes nothing.
+goes, so nothing already finished is lost when it stops), `status.json`, `summary.json`
+and figures. This module is for entry points (experiments, the CLI); the library proper
+writes nothing.
+
+What survives a crash: every JSON file is written atomically (a temporary file in the same
+directory, then `os.replace`), so a reader sees the old file or the new one, never a part;
+a metrics line that does not fit on the disk is cut off again, so metrics.jsonl holds whole
+lines only. `status.json` says "running" from creation, "complete" once summary.json is
+written, "failed" / "interrupted" (with the error) when a `Run.recording()` block raises.
+A stale summary.json of an earlier run in the same workdir is removed at creation, so
+summary.json exists only when this run finished (docs/guarantees.md).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
+import errno
 import importlib.metadata
 import json
 import math
+import os
 import pathlib
 import platform
 import subprocess
@@ -65,6 +77,77 @@ def to_jsonable(value: Any) -> Any:
     return value
 
 
+class RunWriteError(OSError):
+    """A result file could not be written (e.g. the disk is full); the message names the file
+    and says that the files written before are intact. `errno` / `filename` as OSError's."""
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """os.write until all of data is written (a full disk: a short write, then ENOSPC)."""
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        if n <= 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        view = view[n:]
+
+
+def _write_error(path: pathlib.Path, err: OSError) -> RunWriteError:
+    return RunWriteError(err.errno, f"could not write {path.name} in {path.parent}: "
+                         f"{err.strerror or err}; the files written before are intact", str(path))
+
+
+def write_atomic(path: str | pathlib.Path, text: str) -> pathlib.Path:
+    """Writes text to path atomically: a temporary file in the same directory, fsync, then
+    os.replace. On failure the temporary file is removed, an existing path is left as it
+    was, and RunWriteError (an OSError) names the file."""
+    path = pathlib.Path(path)
+    fd, tmp = None, path.parent / f".{path.name}.{os.getpid()}.tmp"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        _write_all(fd, text.encode())
+        os.fsync(fd)
+        os.close(fd)
+        fd = None
+        os.replace(tmp, path)
+    except OSError as err:
+        if fd is not None:
+            os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise _write_error(path, err) from err
+    return path
+
+
+def append_line(path: str | pathlib.Path, line: str) -> None:
+    """Appends one line; if it does not fit, the file is cut back to its whole lines and
+    RunWriteError names it."""
+    path = pathlib.Path(path)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        try:
+            _write_all(fd, (line + "\n").encode())
+        except OSError as err:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, size)
+            raise _write_error(path, err) from err
+    finally:
+        os.close(fd)
+
+
+STATES = ("running", "complete", "failed", "interrupted")
+
+
+def read_status(workdir: str | pathlib.Path) -> dict | None:
+    """status.json of a workdir ({"state": one of STATES, ...}), or None if absent."""
+    path = pathlib.Path(workdir) / "status.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
 @dataclasses.dataclass(frozen=True)
 class Run:
     """A workdir with config.json, metrics.jsonl and summary.json."""
@@ -85,9 +168,32 @@ class Run:
             "platform": platform.platform(),
             "started": datetime.datetime.now(datetime.timezone.utc).isoformat(),
         }
-        (path / "config.json").write_text(json.dumps(record, indent=2) + "\n")
-        (path / "metrics.jsonl").write_text("")
-        return cls(path)
+        with contextlib.suppress(FileNotFoundError):  # an earlier run's: not this one's
+            (path / "summary.json").unlink()
+        write_atomic(path / "config.json", json.dumps(record, indent=2) + "\n")
+        write_atomic(path / "metrics.jsonl", "")
+        run = cls(path)
+        run.set_status("running", started=record["started"])
+        return run
+
+    def set_status(self, state: str, **details: Any) -> None:
+        """Writes status.json: {"state": state, "updated": time, **details}."""
+        if state not in STATES:
+            raise ValueError(f"state must be one of {STATES}, got {state!r}")
+        now = datetime.datetime.now(datetime.timezone.utc).isoformat()
+        self.write_json("status.json", {"state": state, "updated": now, **details})
+
+    @contextlib.contextmanager
+    def recording(self):
+        """A block whose exception marks the run "interrupted" (KeyboardInterrupt) or
+        "failed" (anything else, with the error's message) in status.json, then re-raises."""
+        try:
+            yield self
+        except BaseException as err:
+            state = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
+            with contextlib.suppress(OSError):
+                self.set_status(state, error=f"{type(err).__name__}: {err}".strip(": "))
+            raise
 
     def path(self, name: str) -> pathlib.Path:
         """A file inside the workdir."""
@@ -95,18 +201,15 @@ class Run:
 
     def log_metrics(self, step: int, **scalars: Any) -> None:
         """Appends one line {"step": step, **scalars} to metrics.jsonl."""
-        line = json.dumps({"step": int(step), **to_jsonable(scalars)})
-        with open(self.workdir / "metrics.jsonl", "a") as f:
-            f.write(line + "\n")
+        append_line(self.workdir / "metrics.jsonl",
+                    json.dumps({"step": int(step), **to_jsonable(scalars)}))
 
     def write_summary(self, summary: Mapping[str, Any]) -> pathlib.Path:
-        """Writes summary.json."""
-        out = self.workdir / "summary.json"
-        out.write_text(json.dumps(to_jsonable(summary), indent=2) + "\n")
+        """Writes summary.json (atomically) and marks the run complete in status.json."""
+        out = self.write_json("summary.json", summary)
+        self.set_status("complete")
         return out
 
     def write_json(self, name: str, value: Any) -> pathlib.Path:
-        """Writes any JSON file into the workdir."""
-        out = self.workdir / name
-        out.write_text(json.dumps(to_jsonable(value), indent=2) + "\n")
-        return out
+        """Writes any JSON file into the workdir (atomically)."""
+        return write_atomic(self.workdir / name, json.dumps(to_jsonable(value), indent=2) + "\n")

@@ -218,7 +218,8 @@ class GradientSearch:
         collapsed = float(np.mean(np.argmax(gamma, axis=-1) == space.zero_op))
         extra = {"diverged_restarts": int(diverged.sum()), "zero_fraction": collapsed,
                  "final_outer_loss": history["outer_loss"][:, -1].tolist(),
-                 "restart_of_run": np.repeat(np.arange(restarts), num_c).tolist()}
+                 "restart_of_run": np.repeat(np.arange(restarts), num_c).tolist(),
+                 "divergence_of_run": _divergence_of_runs(history)}
         if self.path:
             extra["kl_weight_of_run"] = [float(c) for c in self.path] * restarts
         return Outcome(choices, gamma, gamma_history, equivalent, rows,
@@ -249,6 +250,15 @@ def check_kl_weights(method: str, values) -> tuple[float, ...]:
     return tuple(out)
 
 
+def _divergence_of_runs(history) -> list:
+    """Per run: None, or {"step", "quantity"} of its first non-finite outer step (the
+    trainer froze it there: `bilevel.BilevelTrainer.run`)."""
+    first = np.argmax(history["diverged"], axis=1)
+    return [{"step": int(history["step"][r, s]),
+             "quantity": bilevel.QUANTITIES[int(history["nonfinite"][r, s])]}
+            if history["diverged"][r, s] else None for r, s in enumerate(first)]
+
+
 def _concatenate(outcomes, levels) -> Outcome:
     """The runs of several searches as one outcome (rows one search after the other)."""
     cat = lambda xs: np.concatenate(xs, axis=0)  # noqa: E731
@@ -257,7 +267,7 @@ def _concatenate(outcomes, levels) -> Outcome:
              "zero_fraction": float(np.mean([o.extra["zero_fraction"] for o in outcomes])),
              "structure_level_of_run": sum(([lv] * len(o.choices)
                                             for o, lv in zip(outcomes, levels)), [])}
-    for k in ("final_outer_loss", "restart_of_run", "kl_weight_of_run"):
+    for k in ("final_outer_loss", "restart_of_run", "kl_weight_of_run", "divergence_of_run"):
         if k in first.extra:
             extra[k] = sum((list(o.extra[k]) for o in outcomes), [])
     rows = [{k: float(np.mean([o.history[t][k] for o in outcomes])) for k in first.history[t]}

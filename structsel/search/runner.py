@@ -401,6 +401,13 @@ def run_search(config: SearchConfig, *, progress: bool = True,
     run = Run.create(config.workdir, config={**dataclasses.asdict(config),
                                              "split": ds.split, "task": ds.task},
                      seed=config.seed)
+    with run.recording():  # status.json: failed / interrupted if this raises
+        return _search_and_write(run, config, ds, problem, method, progress, start)
+
+
+def _search_and_write(run, config, ds, problem, method, progress, start) -> dict:
+    """The search, the retrain and the reviews of `run_search`, writing into `run`;
+    summary.json last (its presence says the run finished)."""
     evaluator = Evaluator(problem, progress=progress)
     key = prng_key(config.seed)
     k_search, k_retrain = jax.random.split(key)
@@ -408,6 +415,7 @@ def run_search(config: SearchConfig, *, progress: bool = True,
                             relaxation=config.relaxation, progress=progress, jit=jax.jit)
     for t, row in enumerate(outcome.history):
         run.log_metrics(t, **row)
+    divergence_warnings = _check_divergence(outcome, run)
     search_time = time.perf_counter() - start
     base = {"dataset": problem.dataset, "space": problem.space.name, "method": config.method,
             "relaxation": outcome.relaxation, "seed": config.seed, "restarts": config.seeds,
@@ -433,6 +441,7 @@ def run_search(config: SearchConfig, *, progress: bool = True,
         choice=problem.space.vertex(summary["choice"]) if "choice" in summary else None,
         seed=config.seed, fallback=config.fallback,
         gradient_boosting=config.gradient_boosting, jit=jax.jit)
+    summary["warnings"] = divergence_warnings + summary["warnings"]
     if ds.classes is not None:
         summary["classes"] = list(ds.classes)
     if "table" in summary:  # the tables were computed on one split: like for like only on it
@@ -451,6 +460,26 @@ def run_search(config: SearchConfig, *, progress: bool = True,
     summary["wall_time_s"] = time.perf_counter() - start
     run.write_summary(summary)
     return summary
+
+
+def _check_divergence(outcome, run) -> list[str]:
+    """Raises DivergenceError (step, quantity, run) when every search run diverged; when
+    some did, returns a warning (the others' proposals stand), else []."""
+    from structsel.bilevel import DivergenceError
+
+    runs = outcome.extra.get("divergence_of_run") or []
+    bad = [(i, d) for i, d in enumerate(runs) if d is not None]
+    if not bad:
+        return []
+    i, first = min(bad, key=lambda b: b[1]["step"])
+    where = (f"non-finite {first['quantity']} at outer step {first['step']} in run {i}; "
+             f"the per-step metrics are in {run.path('metrics.jsonl')}")
+    if len(bad) == len(runs):
+        err = DivergenceError(first["step"], first["quantity"], None, outcome.history, (i,))
+        err.args = (f"every search run diverged: {where}",)
+        raise err
+    return [f"{len(bad)} of {len(runs)} search runs diverged (first: {where}); their "
+            "proposals are the structures of their last finite state"]
 
 
 def _retrain_selected(problem, evaluator, outcome, run, config, key, base) -> dict:
