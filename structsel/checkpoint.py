@@ -6,6 +6,7 @@ runs) in a directory, each a step folder written by ``orbax.checkpoint.Checkpoin
     DIR/<step>/state/   the pytree (orbax StandardSave: OCDBT/zarr arrays)
     DIR/<step>/meta/    JSON: step, the run's fingerprint, the tree's structure
                         (path -> shape, dtype) and a SHA-256 per leaf
+    DIR/<step>.sha256.json   SHA-256 of every file of DIR/<step> (written after it)
 
 Saves are synchronous and atomic: orbax writes ``<step>.orbax-checkpoint-tmp-*`` and
 renames it when complete (``commit_success.txt`` inside), so a process killed after
@@ -22,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
+import os
 import pathlib
 import re
 from collections.abc import Mapping
@@ -148,6 +150,19 @@ def _from_stored(template, value):
     return jax.device_put(value, sharding) if committed and sharding is not None else value
 
 
+def _file_digest(path: pathlib.Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _files(folder: pathlib.Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): _file_digest(p)
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
 class Checkpointer:
     """Saves and restores one run's pytree every `every` steps with orbax (see module doc).
 
@@ -251,6 +266,7 @@ class Checkpointer:
         step = self.latest_step()
         if step is None:
             return None
+        self._check_files(step)
         meta = self._meta(step)
         self._check_fingerprint(step, meta)
         self._checked = True
@@ -300,3 +316,37 @@ class Checkpointer:
         manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(stored),
                                                    meta=ocp.args.JsonSave(meta)), force=True)
         manager.wait_until_finished()
+        # SHA-256 of every file of the step, checked before orbax reads any (a damaged file
+        # is then named, and tensorstore never reads it). Written after orbax's atomic
+        # rename, itself atomically; a step without it is still read (values are checked).
+        manifest = self._manifest(step)
+        tmp = manifest.with_name(manifest.name + ".tmp")
+        with open(tmp, "w") as f:
+            json.dump(_files(self.directory / str(step)), f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, manifest)
+        kept = {str(s) for s in manager.all_steps()}
+        for old in self.directory.glob("*.sha256.json"):
+            if old.name.split(".")[0] not in kept:
+                old.unlink(missing_ok=True)
+
+    def _manifest(self, step: int) -> pathlib.Path:
+        return self.directory / f"{step}.sha256.json"
+
+    def _check_files(self, step: int) -> None:
+        manifest = self._manifest(step)
+        if not manifest.exists():
+            return
+        try:
+            expected = json.loads(manifest.read_text())
+        except (OSError, ValueError) as err:
+            raise CheckpointError(f"corrupt checkpoint {manifest}: {err}") from err
+        folder = self.directory / str(step)
+        for name, digest in expected.items():
+            path = folder / name
+            if not path.is_file():
+                raise CheckpointError(f"partial checkpoint {folder}: file {path} is missing")
+            if _file_digest(path) != digest:
+                raise CheckpointError(f"corrupt checkpoint {path}: its SHA-256 differs from "
+                                      f"the one recorded at save ({manifest.name})")
