@@ -135,13 +135,14 @@ def _restore_target(leaf):
 
 def _from_stored(template, value):
     """The restored host array as the template leaf was: a typed key, a weakly typed scalar,
-    a jax.Array on the template's devices (committed only if the template was), else numpy.
+    a jax.Array on the template's devices (committed only if the template was), else numpy
+    (also for a ShapeDtypeStruct without sharding).
     Matching the template keeps the jit cache hit of the caller's compiled chunk."""
     if _is_key(template):
         value = jax.random.wrap_key_data(np.asarray(value), impl=jax.random.key_impl(template))
     elif getattr(template, "weak_type", False) and np.ndim(value) == 0:
         value = jax.numpy.asarray(np.asarray(value).item())
-    elif isinstance(template, (jax.Array, jax.ShapeDtypeStruct)):
+    elif isinstance(template, jax.Array) or getattr(template, "sharding", None) is not None:
         value = jax.numpy.asarray(value)
     else:
         return value

@@ -35,7 +35,7 @@ def concatenate(parts: list, axis: int):
 
 
 def _split(history, axis: int, chunk: int, count: int) -> list:
-    return [jax.tree.map(lambda a: np.take(a, np.arange(i * chunk, (i + 1) * chunk), axis), history)
+    return [jax.tree.map(lambda a: np.take(np.asarray(a), np.arange(i * chunk, (i + 1) * chunk), axis), history)
             for i in range(count)]
 
 
