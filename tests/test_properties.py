@@ -35,15 +35,19 @@ X = jax.random.normal(jax.random.key(0), (5, WIDTH))
 
 @st.composite
 def families(draw) -> Family:
-    """A DAG of 2-4 vertices in topological order; every vertex has 1+ incoming edges, each
-    edge 1-3 distinct ops; aggregation sum or mean per vertex."""
+    """A DAG of 2-4 vertices in topological order; every vertex but the output has 1+
+    outgoing edges and every vertex but the input 1+ incoming ones; each edge 1-3 distinct
+    ops; aggregation sum or mean per vertex."""
     num_vertices = draw(st.integers(2, 4))
+    pairs = {(src, dst) for dst in range(1, num_vertices)
+             for src in draw(st.sets(st.integers(0, dst - 1), min_size=1))}
+    for src in range(num_vertices - 1):
+        if not any(s == src for s, _ in pairs):
+            pairs.add((src, draw(st.integers(src + 1, num_vertices - 1))))
     edges = []
-    for dst in range(1, num_vertices):
-        for src in sorted(draw(st.sets(st.integers(0, dst - 1), min_size=1))):
-            ops = draw(st.lists(st.integers(0, len(OPS) - 1), min_size=1, max_size=3,
-                                unique=True))
-            edges.append(Edge(src, dst, tuple(OPS[i] for i in sorted(ops))))
+    for src, dst in sorted(pairs, key=lambda p: (p[1], p[0])):
+        ops = draw(st.lists(st.integers(0, len(OPS) - 1), min_size=1, max_size=3, unique=True))
+        edges.append(Edge(src, dst, tuple(OPS[i] for i in sorted(ops))))
     aggregation = tuple(draw(st.sampled_from(["sum", "mean"]))
                         for _ in range(num_vertices - 1))
     return Family(num_vertices, tuple(edges), aggregation)
