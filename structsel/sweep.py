@@ -433,12 +433,15 @@ def _run_group(target, group, workdir, rows_path, mesh, record, process, every, 
 
 def _finish(target, grid, workdir, count, timeout, total) -> dict:
     deadline = time.monotonic() + timeout
-    while count > 1 and not all((workdir / f"done.p{i}").exists() for i in range(count)):
+    # every share done (its marker) and every run with a row (a stale marker of an earlier
+    # attempt alone does not count)
+    missing = [i for i in range(count) if not (workdir / f"done.p{i}").exists()]
+    while count > 1 and (missing or len(read_rows(workdir)) < total):
         if time.monotonic() > deadline:
-            raise TimeoutError(f"{workdir}: the shares of processes "
-                               f"{[i for i in range(count) if not (workdir / f'done.p{i}').exists()]}"
-                               f" did not finish within {timeout} s; rerun with --resume")
+            raise TimeoutError(f"{workdir}: the shares of processes {missing or 'all'} did "
+                               f"not finish within {timeout} s; rerun with --resume")
         time.sleep(0.5)
+        missing = [i for i in missing if not (workdir / f"done.p{i}").exists()]
     rows = read_rows(workdir)
     header = None
     for path in [workdir / "runs.csv", *sorted(workdir.glob("runs.p*.csv"))]:
@@ -455,6 +458,8 @@ def _finish(target, grid, workdir, count, timeout, total) -> dict:
     _atomic_write(workdir / "runs.csv", text.getvalue())
     for part in workdir.glob("runs.p*.csv"):
         part.unlink()
+    if all(r["status"] in FINISHED for r in rows) and len(rows) == total:
+        shutil.rmtree(workdir / "checkpoints", ignore_errors=True)  # a kill's leftovers
     keys = [k for k in target.keys]
     start, end = header.index("seed") + 1, header.index("status")
     metrics = header[start:end]

@@ -134,8 +134,12 @@ def _repo_experiments():
 
 
 def _glm_module():
+    """experiments/glm.py (the GLM machinery; experiments/glm_toy.py before it moved)."""
     _repo_experiments()
-    return importlib.import_module("experiments.glm_toy")
+    try:
+        return importlib.import_module("experiments.glm")
+    except ModuleNotFoundError:
+        return importlib.import_module("experiments.glm_toy")
 
 
 class GlmToy:
@@ -179,22 +183,24 @@ class GlmToy:
         from structsel.loop import run_chunks
 
         s0 = settings[0]
-        program = glm_program(**{k: s0[k] for k, key in self.keys.items() if key.static})
+        program = glm_program(**{k: s0[k] for k in ("iterations", "warmup", "chunk",
+                                                    "num_samples", "fast_compile")})
         n = len(settings)
         ndev = 1 if env.mesh is None else env.mesh.size
         size = -(-n // ndev) * ndev                     # pad the run axis to a multiple
         index = list(range(n)) + [n - 1] * (size - n)
         rows = [settings[i] for i in index]
         traced = program.settings(rows)
-        states = program.init(np.asarray([seeds[i] for i in index]), traced)
-        x, y = program.data
+        x, y = glm_data(s0["num_objects"], s0["noise"], s0["data_seed"])
+        states = program.init(np.asarray([seeds[i] for i in index]), traced, x)
         if env.mesh is not None:
             runs = NamedSharding(env.mesh, PartitionSpec("runs"))
             rep = NamedSharding(env.mesh, PartitionSpec())
             states, traced = jax.device_put((states, traced), runs)
             x, y = jax.device_put((x, y), rep)
+        chunk_fn = program.chunk_for(env.mesh)
         start = time.perf_counter()
-        program.chunk_fn.lower(states, traced, x, y).compile()   # jit reuses it below
+        chunk_fn.lower(states, traced, x, y).compile()   # jit reuses this compilation below
         compile_s = time.perf_counter() - start
         checkpointer = None
         if env.checkpoint_dir is not None:
@@ -205,7 +211,7 @@ class GlmToy:
         total = s0["iterations"]
         try:
             states, hist, info = run_chunks(
-                program.chunk_fn, states, num_steps=total, chunk=s0["chunk"], args=(traced, x, y),
+                chunk_fn, states, num_steps=total, chunk=s0["chunk"], args=(traced, x, y),
                 checkpointer=checkpointer, history_axis=1, progress=False,
                 on_chunk=lambda step, st, h: env.progress(step, total))
         finally:
@@ -228,17 +234,33 @@ class GlmToy:
         return out
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class GlmProgram:
-    """The compiled pieces of one static GLM group: data, `init(seeds, traced)` and the
-    jitted chunk `chunk_fn(states, traced, x, y) -> (states, per-chunk summary)`."""
+    """The pieces of one static GLM group: `init(seeds, traced, x)` and the vmapped
+    chunk `run_chunk(states, traced, x, y) -> (states, per-chunk summary)` (`chunk_for`
+    jits it for a mesh)."""
 
-    data: tuple
     trainer: Any
     objective: Any
     module: Any
-    chunk_fn: Any
+    run_chunk: Any
     init_fn: Any
+    fast_compile: bool
+
+    @functools.lru_cache(maxsize=8)
+    def chunk_for(self, mesh):
+        """jit(run_chunk), or with a mesh jit(shard_map(run_chunk)): each device runs the
+        same vmapped program on its slice of the run axis (no collectives)."""
+        import jax
+        from jax.sharding import PartitionSpec as P
+
+        if mesh is None:
+            return self.module.jit(self.run_chunk, self.fast_compile)
+        runs = P("runs")
+        return self.module.jit(jax.shard_map(self.run_chunk, mesh=mesh,
+                                             in_specs=(runs, runs, P(), P()),
+                                             out_specs=(runs, runs), check_vma=False),
+                               self.fast_compile)
 
     def settings(self, rows: Sequence[dict]):
         """The traced per-run settings (a glm_toy.Setting of arrays) and learning rates."""
@@ -251,37 +273,49 @@ class GlmProgram:
         s = s._replace(struct=np.zeros((len(rows), 0), np.float32))
         return {"setting": s, "lr": np.asarray([r["lr"] for r in rows], np.float32)}
 
-    def init(self, seeds, traced):
+    def init(self, seeds, traced, x):
         """States of the runs: seed s -> PRNGKey(s) (init_many splits it), lr per run."""
         import jax
         keys = jax.vmap(jax.random.PRNGKey)(np.asarray(seeds, np.uint32))
-        return self.init_fn(keys, traced["lr"])
+        return self.init_fn(keys, traced["lr"], x)
+
+
+ADAM_STATIC = ("b1", "b2", "eps", "eps_root")
 
 
 def _with_lr(opt_state, lr):
     return opt_state._replace(hyperparams={**opt_state.hyperparams, "learning_rate": lr})
 
 
+def glm_data(num_objects: int, noise: float, data_seed: int):
+    """The GLM toy's (x, y) (an argument of the program, not a constant in it)."""
+    import jax.numpy as jnp
+
+    from structsel.data import glm_toy
+    x, y = glm_toy(seed=data_seed, num_objects=num_objects, num_features=11, noise=noise)
+    return jnp.asarray(x), jnp.asarray(y)
+
+
 @functools.lru_cache(maxsize=16)
-def glm_program(*, iterations, warmup, chunk, num_samples, num_objects, noise, data_seed,
-                fast_compile) -> GlmProgram:
-    """Builds (once per static setting) the GLM data, trainer and jitted functions."""
+def glm_program(*, iterations, warmup, chunk, num_samples, fast_compile) -> GlmProgram:
+    """Builds (once per static setting) the GLM trainer and its jitted functions; groups
+    that differ only in the data (same shapes) share the compiled program."""
     import jax
     import jax.numpy as jnp
     import optax
 
     from structsel.bilevel import BilevelTrainer
-    from structsel.data import glm_toy
 
     g = _glm_module()
-    x, y = glm_toy(seed=data_seed, num_objects=num_objects, num_features=11, noise=noise)
     objective = g.glm_objective(12, num_samples=num_samples)
     inner, outer = g.make_losses(objective)
-    adam = optax.inject_hyperparams(optax.adam)(learning_rate=0.01)   # lr: traced per run
+    # lr traced per run (in the optimiser state); b1, b2, eps stay Python floats, so the
+    # update is bit for bit optax.adam(lr)'s (tests/test_sweep.py)
+    adam = optax.inject_hyperparams(optax.adam, static_args=ADAM_STATIC)(learning_rate=0.01)
     trainer = BilevelTrainer(inner, outer, adam, adam, warmup_steps=warmup,
                              structure_fn=lambda p, h, c: p["struct"][0])
 
-    def init(keys, lrs):
+    def init(keys, lrs, x):
         states = trainer.init_many(lambda k: objective.init(k, x), keys)
         return states.replace(inner_opt_state=_with_lr(states.inner_opt_state, lrs),
                               outer_opt_state=_with_lr(states.outer_opt_state, lrs))
@@ -298,8 +332,8 @@ def glm_program(*, iterations, warmup, chunk, num_samples, num_objects, noise, d
     def run_chunk(states, traced, xx, yy):
         return jax.vmap(one, in_axes=(0, 0, None, None))(states, traced["setting"], xx, yy)
 
-    return GlmProgram((jnp.asarray(x), jnp.asarray(y)), trainer, objective, g,
-                      g.jit(run_chunk, fast_compile), g.jit(init, fast_compile))
+    return GlmProgram(trainer, objective, g, run_chunk, g.jit(init, fast_compile),
+                      fast_compile)
 
 
 # ------------------------------------------------------------------------ search
