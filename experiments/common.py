@@ -14,10 +14,12 @@ import dataclasses
 import json
 import os
 import pathlib
+import shutil
+import sys
 import time
 from typing import Any, Sequence, TypeVar
 
-from structsel.runs import Run
+from structsel.runs import Run, to_jsonable
 
 C = TypeVar("C")
 
@@ -48,10 +50,18 @@ def parse(config_cls: type[C], argv: Sequence[str] | None = None, *, name: str,
                    help="override a config field (JSON value); repeatable")
     p.add_argument("--figures", default=None,
                    help="also copy the PNG figures to this folder (e.g. docs/figures)")
+    fields = {f.name: f for f in dataclasses.fields(config_cls)}
+    if "checkpoint_every" in fields:                     # experiments with long runs
+        p.add_argument("--checkpoint-every", type=int, default=None, metavar="N",
+                       help="save the training state every N steps into WORKDIR/checkpoints "
+                            "(0: never; docs/checkpoint.md)")
+        p.add_argument("--resume", action="store_true",
+                       help="continue from the checkpoints in --workdir (same config)")
     args = p.parse_args(argv)
     config = config_cls.smoke() if args.smoke else config_cls()
-    fields = {f.name: f for f in dataclasses.fields(config_cls)}
     updates = {}
+    if getattr(args, "checkpoint_every", None) is not None:
+        updates["checkpoint_every"] = args.checkpoint_every
     for item in args.overrides:
         key, sep, text = item.partition("=")
         if not sep or key not in fields:
@@ -64,6 +74,28 @@ def parse(config_cls: type[C], argv: Sequence[str] | None = None, *, name: str,
     config = dataclasses.replace(config, **updates)
     run = Run.create(args.workdir, config=config, seed=getattr(config, "seed", 0))
     return config, run, args
+
+
+def checkpointer(run: Run, args: argparse.Namespace, config: Any, phase: str, *, state: Any):
+    """The Checkpointer of one training phase, in WORKDIR/checkpoints/<phase>, or None when
+    `config.checkpoint_every` is 0. Its fingerprint is the config (less checkpoint_every),
+    the package versions and the state's structure. Without --resume an earlier run's
+    checkpoints of the phase are deleted (a fresh run); with it they are continued."""
+    if not config.checkpoint_every:
+        return None
+    from structsel.checkpoint import Checkpointer, fingerprint
+
+    directory = run.path("checkpoints") / phase
+    resume = getattr(args, "resume", False)
+    if not resume and directory.exists():
+        shutil.rmtree(directory)
+    identity = {k: v for k, v in to_jsonable(config).items() if k != "checkpoint_every"}
+    ckpt = Checkpointer(directory, every=config.checkpoint_every,
+                        fingerprint=fingerprint(identity, state=state, phase=phase))
+    if resume and ckpt.latest_step() is None:
+        print(f"--resume: no checkpoint in {directory}; {phase} starts at step 0",
+              file=sys.stderr)
+    return ckpt
 
 
 def save_figure(fig, run: Run, filename: str, args: argparse.Namespace) -> pathlib.Path:

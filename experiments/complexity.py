@@ -33,8 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments.common import Timer, parse, save_figure
-from experiments.glm_toy import (Setting, divergence_report, glm_objective, init_states, jit,
-                                 make_runner, make_trainer, stack_settings, train)
+from experiments.glm import (Setting, divergence_report, glm_objective, init_states, jit,
+                             make_runner, make_trainer, stack_settings, train)
 from structsel.data import glm_toy
 from structsel.objective import Context
 from structsel.pruning import parametric_complexity

@@ -35,9 +35,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments.common import Timer, parse, save_figure
-from experiments.glm_toy import (LABELS, SUBMODELS, Setting, divergence_report,
-                                 glm_objective, init_states, make_runner, make_trainer,
-                                 sample_q, stack_settings, submodel_mass, train)
+from experiments.glm import (LABELS, SUBMODELS, Setting, divergence_report,
+                             glm_objective, init_states, make_runner, make_trainer,
+                             sample_q, stack_settings, submodel_mass, train)
 from structsel.data import glm_toy
 from structsel.distributions import gumbel_softmax
 from structsel.plotting import plot_simplex_hist, simplex_axes, to_cartesian

@@ -16,10 +16,11 @@ hypergradient is exact at theta*.
 
 The settings (coefficients, temperature, ARD switch) travel as traced arrays inside the
 batch, so the 45 runs are one vmapped, jitted `lax.scan` (`BilevelTrainer.run`) called
-chunk by chunk for the progress bar, without recompiling. This module also holds the
-machinery and the simplex plots shared by the other GLM experiments.
+chunk by chunk for the progress bar, without recompiling (the machinery shared with the
+other GLM experiments is in experiments/glm.py).
 
 Run: python -m experiments.glm_toy [--smoke] [--workdir DIR] [--figures docs/figures]
+     [--checkpoint-every N] [--resume]
 """
 
 from __future__ import annotations
@@ -29,172 +30,22 @@ if not __package__:  # run as a file (python experiments/x.py), from any directo
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import dataclasses
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
-from tqdm import tqdm
 
-from experiments.common import Timer, parse, save_figure
-from structsel.bilevel import BilevelTrainer, DivergenceError, check_divergence
+from experiments.common import Timer, checkpointer, parse, save_figure
+from experiments.glm import (LABELS, Setting, divergence_report, glm_objective, init_states,
+                             jit, make_runner, make_trainer, sample_q, stack_settings, train)
+from experiments.glm import make_losses  # noqa: F401  (structsel/sweep_targets.py reads it here)
 from structsel.data import glm_toy
-from structsel.family import glm_family
-from structsel.objective import Coefficients, Objective
+from structsel.objective import Objective
 from structsel.plotting import plot_simplex_hist
 from structsel.pruning import relative_density
-from structsel.structure import GumbelSoftmax, Relaxation
 
-SUBMODELS = ("f_0", "f_1", "f_2")
-LABELS = tuple(f"${name}$" for name in SUBMODELS)    # simplex corners (structsel.plotting)
 WEIGHT_NAMES = ("w0", "w1[b]", "w1[x0]") + tuple(f"w2[x{i}]" for i in range(11)) + ("w2[const]",)
-
-
-# ------------------------------------------------------------------ traced settings
-class Setting(NamedTuple):
-    """Per-run coefficients as arrays (vmappable): lambdas, lambda_temp, lambda_struct, ARD."""
-
-    lik_q: Any
-    prior_q: Any
-    prior_l: Any
-    temperature: Any
-    struct: Any            # (P,) lambda_struct per reference
-    fix_ard: Any           # bool: after warm-up use log A = fixed_log_alpha
-    fixed_log_alpha: Any
-
-
-def stack_settings(rows: Sequence[Setting]) -> Setting:
-    """Stacks settings along a leading run axis (float32 / bool arrays)."""
-    cols = [np.asarray(col, dtype=bool if name == "fix_ard" else np.float32)
-            for name, col in zip(Setting._fields, zip(*rows))]
-    return Setting(*cols)
-
-
-def glm_objective(num_features: int, *, relaxation: Relaxation = GumbelSoftmax(),
-                  num_samples: int = 3, log_std_floor: float | None = -4.0,
-                  noise_std: float = 0.5) -> Objective:
-    """The GLM objective; its static coefficients are replaced per run (see `make_losses`)."""
-    return Objective(glm_family(num_features), "gaussian", relaxation=relaxation,
-                     num_samples=num_samples, log_std_floor=log_std_floor,
-                     noise_std=noise_std)
-
-
-def make_losses(objective: Objective, references: Sequence[tuple] = ()):
-    """(-L/m, -Q/m) of method.md M6: the library's losses with the coefficients traced.
-
-    batch = (x, y, setting): the run's lambdas reach `Objective` as `ctx.coefficients`
-    (lambda_struct[j] multiplies KL(p(Gamma|h) || references[j])), its lambda_temp as
-    `ctx.temperature`, and the ARD switch replaces log A after the warm-up.
-    """
-    objective = dataclasses.replace(
-        objective, references=tuple(references),
-        coefficients=Coefficients(1.0, 1.0, 1.0, (0.0,) * len(references)))
-
-    def prepare(hparams, batch, ctx):
-        x, y, s = batch
-        ctx = ctx.replace(temperature=s.temperature.astype(ctx.temperature.dtype),
-                          coefficients=Coefficients(s.lik_q, s.prior_q, s.prior_l, s.struct))
-        fixed = s.fix_ard & jnp.logical_not(ctx.warmup)
-        log_alpha = jax.tree.map(lambda a: jnp.where(fixed, s.fixed_log_alpha, a),
-                                 hparams["log_alpha"])
-        return dict(hparams, log_alpha=log_alpha), (x, y), ctx
-
-    def inner(params, hparams, batch, ctx):
-        hparams, data, ctx = prepare(hparams, batch, ctx)
-        return objective.inner_loss(params, hparams, data, ctx)
-
-    def outer(params, hparams, batch, ctx):
-        hparams, data, ctx = prepare(hparams, batch, ctx)
-        return objective.outer_loss(params, hparams, data, ctx)
-
-    return inner, outer
-
-
-def make_trainer(objective: Objective, *, lr: float, warmup: int, references=(),
-                 method: str = "greedy", inner_steps: int = 1, **options) -> BilevelTrainer:
-    """Adam on theta and on h; the history records theta_Gamma of q (params["struct"])."""
-    inner, outer = make_losses(objective, references)
-    return BilevelTrainer(inner, outer, optax.adam(lr), optax.adam(lr), inner_steps=inner_steps,
-                          hypergradient_method=method, hypergradient_options=options,
-                          warmup_steps=warmup, structure_fn=lambda p, h, c: p["struct"][0])
-
-
-def init_states(trainer: BilevelTrainer, objective: Objective, x, keys, *,
-                fast_compile: bool = False):
-    """One trainer state per key (restart), q(w) at the family init, uniform structure."""
-    return jit(lambda ks: trainer.init_many(lambda k: objective.init(k, x), ks),
-               fast_compile)(keys)
-
-
-# XLA options for --smoke: backend optimisation off cuts compile time ~3x on CPU (the
-# smoke runs are a few steps, so their slower code does not matter; full runs keep -O2).
-FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
-
-
-def jit(fun, fast_compile: bool = False):
-    """jax.jit, with FAST_COMPILE options when `fast_compile` (smoke runs)."""
-    return jax.jit(fun, compiler_options=FAST_COMPILE if fast_compile else None)
-
-
-def make_runner(trainer: BilevelTrainer, chunk: int, *, fast_compile: bool = False):
-    """jit(vmap over runs of trainer.run for `chunk` iterations) (states, settings, x, y)."""
-    def run(states, settings, x, y):
-        return jax.vmap(lambda st, s: trainer.run(st, (x, y, s), (x, y, s), chunk))(
-            states, settings)
-    return jit(run, fast_compile)
-
-
-def train(runner, states, settings, x, y, iterations: int, chunk: int, *, run_record=None,
-          desc: str = "train"):
-    """Calls the jitted chunk runner iterations // chunk times; concatenates the histories.
-
-    history["chunk_seconds"]: wall time per chunk (the first one includes compilation).
-    """
-    if iterations % chunk:
-        raise ValueError(f"iterations ({iterations}) must be a multiple of chunk ({chunk})")
-    histories, times = [], []
-    for _ in tqdm(range(iterations // chunk), desc=desc, unit="chunk"):
-        with Timer() as timer:
-            states, hist = runner(states, settings, x, y)
-            hist = jax.device_get(hist)
-        times.append(timer.seconds)
-        histories.append(hist)
-        if run_record is not None:
-            run_record.log_metrics(int(hist["step"][0, -1]) + 1, phase=desc,
-                                   inner_loss=float(np.mean(hist["inner_loss"][:, -1])),
-                                   outer_loss=float(np.mean(hist["outer_loss"][:, -1])),
-                                   diverged=int(np.sum(hist["diverged"][:, -1])))
-    history = jax.tree.map(lambda *a: np.concatenate(a, axis=1), *histories)
-    history["chunk_seconds"] = np.asarray(times)
-    return states, history
-
-
-def divergence_report(states, history) -> dict:
-    """{"diverged_runs": [...], "first": message or None} from bilevel.check_divergence."""
-    try:
-        check_divergence(states, {k: v for k, v in history.items() if k != "chunk_seconds"})
-    except DivergenceError as err:
-        runs = np.flatnonzero(np.asarray(history["diverged"]).any(axis=-1)).tolist()
-        return {"diverged_runs": runs, "first": str(err)}
-    return {"diverged_runs": [], "first": None}
-
-
-# --------------------------------------------------------------- q(Gamma) statistics
-def sample_q(relaxation: Relaxation, thetas, temperatures, n: int, *, key,
-             fast_compile: bool = False):
-    """n draws of gamma from q per run: thetas (R, P), temperatures (R,) -> (R, n, K)."""
-    def one(theta, t, k):
-        return jax.vmap(lambda kk: relaxation.sample(theta, t, key=kk))(jax.random.split(k, n))
-    keys = jax.random.split(key, len(thetas))
-    return np.asarray(jit(jax.vmap(one), fast_compile)(jnp.asarray(thetas),
-                                                       jnp.asarray(temperatures), keys))
-
-
-def submodel_mass(samples) -> np.ndarray:
-    """q(argmax gamma = l) estimated from samples (..., n, K) -> (..., K)."""
-    k = samples.shape[-1]
-    return np.mean(np.eye(k)[np.argmax(samples, axis=-1)], axis=-2)
 
 
 # ------------------------------------------------------------------------ experiment
@@ -220,11 +71,18 @@ class Config:
     hist_samples: int = 400                 # gamma draws per run for the histograms
     chunk: int = 100
     fast_compile: bool = False              # XLA -O0 (smoke runs)
+    checkpoint_every: int = 0               # save every N steps in WORKDIR/checkpoints; 0: never
 
     @classmethod
     def smoke(cls) -> "Config":
         return cls(restarts=2, iterations=20, warmup=10, long_iterations=30, hist_samples=50,
                    chunk=10, fast_compile=True)
+
+    def __post_init__(self):
+        every = self.checkpoint_every
+        if isinstance(every, bool) or not isinstance(every, int) or every < 0 or every % self.chunk:
+            raise ValueError(f"checkpoint_every must be 0 or a multiple of chunk ({self.chunk}), "
+                             f"got {every!r}")
 
 
 def _grid_settings(cfg: Config, settings, temperatures, fix_variants) -> tuple[Setting, list]:
@@ -293,9 +151,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     settings, cells = _grid_settings(cfg, cfg.settings, cfg.temperatures, variants)
     keys = jnp.tile(restart_keys, (len(cells) // cfg.restarts, 1))
     states = init_states(trainer, objective, x, keys, fast_compile=cfg.fast_compile)
+    ckpt = checkpointer(run, args, cfg, "grid", state=states)
     with Timer() as t_grid:
         states, hist = train(runner, states, settings, x, y, cfg.iterations, cfg.chunk,
-                             run_record=run, desc="grid")
+                             run_record=run, desc="grid", checkpointer=ckpt)
     summary["num_runs"] = len(cells)
     summary["grid_seconds"] = t_grid.seconds
     summary["seconds_per_chunk_after_compile"] = float(np.median(hist["chunk_seconds"][1:])) \
@@ -303,10 +162,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     summary["grid_divergence"] = divergence_report(states, hist)
     long_states, long_hist = states, hist
     if cfg.long_iterations > cfg.iterations:
+        ckpt = checkpointer(run, args, cfg, "long", state=states)
         with Timer() as t_long:
             long_states, more = train(runner, states, settings, x, y,
                                       cfg.long_iterations - cfg.iterations, cfg.chunk,
-                                      run_record=run, desc="long")
+                                      run_record=run, desc="long", checkpointer=ckpt)
         summary["long_seconds"] = t_long.seconds
         long_hist = {k: np.concatenate([hist[k], more[k]], axis=1) for k in ("structure",
                                                                             "diverged", "step",

@@ -25,6 +25,7 @@ estimated by power iteration at the pretrained weights (the series needs lr < 2 
 Seeds (initialisations) are batched with `jax.vmap` inside each jitted program.
 
     python -m experiments.hypergradients [--smoke] [--workdir DIR] [--figures docs/figures]
+        [--checkpoint-every N] [--resume]
 """
 from __future__ import annotations
 
@@ -43,11 +44,12 @@ import optax
 import tqdm
 from jax.flatten_util import ravel_pytree
 
-from experiments.common import Timer, finish, parse
+from experiments.common import Timer, checkpointer, finish, parse
 from structsel import basis, data
 from structsel.bilevel import BilevelTrainer, check_divergence
 from structsel.family import Edge, Family
 from structsel.hypergradient import Darts, Exact, Greedy, Implicit, Unrolled, hvp
+from structsel.loop import run_chunks
 from structsel.objective import Context, Objective, darts
 from structsel.structure import Softmax
 
@@ -78,6 +80,7 @@ class Config:
     methods: tuple[str, ...] = METHOD_NAMES
     reference: str = "cg"
     float64: bool = True
+    checkpoint_every: int = 0         # save every N outer steps in WORKDIR/checkpoints; 0: never
 
     @classmethod
     def smoke(cls) -> "Config":
@@ -95,6 +98,10 @@ class Config:
         if self.num_checkpoints < 1 or self.outer_steps % self.num_checkpoints:
             raise ValueError(f"num_checkpoints must be >= 1 and divide outer_steps "
                              f"({self.outer_steps}), got {self.num_checkpoints}")
+        every, chunk = self.checkpoint_every, self.outer_steps // self.num_checkpoints
+        if isinstance(every, bool) or not isinstance(every, int) or every < 0 or every % chunk:
+            raise ValueError(f"checkpoint_every must be 0 or a multiple of outer_steps / "
+                             f"num_checkpoints ({chunk}), got {every!r}")
         for act in self.activations:
             if act not in basis.ACTIVATIONS:
                 raise ValueError(f"activations must be in {sorted(basis.ACTIVATIONS)}, got {act!r}")
@@ -224,18 +231,27 @@ def plot_errors(errors, checkpoint_steps, config):
     return fig
 
 
+def _chunk(trainer: BilevelTrainer, steps: int, record_start: bool, state, train, val):
+    """`steps` outer steps of every seed; with `record_start` the history also holds the
+    chunk's starting (params, hparams) under "start" (one entry per chunk)."""
+    new_state, hist = trainer.run_many(state, train, val, steps)
+    if record_start:
+        hist["start"] = jax.tree.map(lambda a: a[:, None], (state.params, state.hparams))
+    return new_state, hist
+
+
 def main(argv=None) -> dict:
     import matplotlib
     matplotlib.use("Agg")
 
     config, run, args = parse(Config, argv, name=NAME, description=__doc__)
     with Timer() as timer, jax.enable_x64(config.float64):
-        summary = _experiment(config, run)
+        summary = _experiment(config, run, args)
     figures = summary.pop("_figures")
     return finish(run, args, summary, figures, timer.seconds)
 
 
-def _experiment(config: Config, run) -> dict:
+def _experiment(config: Config, run, args=None) -> dict:
     dtype = jnp.float64 if config.float64 else jnp.float32
     problem = Problem(config, dtype)
     keys = jax.random.split(jax.random.key(config.seed), config.num_seeds)
@@ -259,19 +275,24 @@ def _experiment(config: Config, run) -> dict:
                                  optax.adam(config.inner_lr), optax.adam(config.outer_lr),
                                  inner_steps=config.inner_steps, hypergradient_method=strats[name],
                                  structure_fn=problem.objective.structure)
-        run_chunk = jax.jit(functools.partial(trainer.run_many, num_steps=chunk))
+        run_chunk = jax.jit(functools.partial(_chunk, trainer, chunk,
+                                              name == config.reference))
         state = jax.vmap(lambda p, h, k: trainer.init(p, h, key=k))(params, hparams, run_keys)
-        parts = []
-        for c in range(config.num_checkpoints):
-            if name == config.reference:
-                checkpoints.append((state.params, state.hparams))
-            state, hist = run_chunk(state, problem.train, problem.val)
-            check_divergence(state, hist)
-            parts.append(hist)
+
+        def report(step, chunk_state, hist):
+            if chunk_state is not None:             # None: a chunk restored from a checkpoint
+                check_divergence(chunk_state, hist)
             bar.update()
-        if name == config.reference:
+        ckpt = checkpointer(run, args, config, f"trajectory_{name}", state=state)
+        state, hist, _ = run_chunks(run_chunk, state, num_steps=config.outer_steps,
+                                    chunk=chunk, args=(problem.train, problem.val),
+                                    checkpointer=ckpt, on_chunk=report, history_axis=1,
+                                    progress=False, check_finite=lambda st, _: {"state": st})
+        if name == config.reference:                # (params, hparams) at 0, chunk, ..., T
+            start = hist.pop("start")
+            checkpoints.extend(jax.tree.map(lambda a: a[:, c], start)
+                               for c in range(config.num_checkpoints))
             checkpoints.append((state.params, state.hparams))
-        hist = jax.tree.map(lambda *xs: np.concatenate(xs, axis=1), *parts)
         histories[name] = hist
         gamma = np.asarray(hist["structure"][0])
         for t in range(config.outer_steps):

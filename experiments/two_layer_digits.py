@@ -18,6 +18,7 @@ the selected model with the supernet's weights, and the relaxed supernet itself.
 Seeds are batched with `jax.vmap` in one jitted program (search and retraining).
 
     python -m experiments.two_layer_digits [--smoke] [--workdir DIR] [--figures docs/figures]
+        [--checkpoint-every N] [--resume]
 """
 from __future__ import annotations
 
@@ -34,11 +35,12 @@ import numpy as np
 import optax
 import tqdm
 
-from experiments.common import Timer, finish, parse
+from experiments.common import Timer, checkpointer, finish, parse
 from structsel import basis, data
 from structsel.bilevel import BilevelTrainer, check_divergence
 from structsel.family import two_layer_net
 from structsel.hypergradient import METHODS
+from structsel.loop import run_chunks
 from structsel.objective import Context, Objective, darts
 from structsel.structure import Softmax, argmax_vertex
 
@@ -61,6 +63,7 @@ class Config:
     weight_decay: float = 1e-4       # AdamW decoupled decay of the weights
     retrain_steps: int = 1500        # weight updates of every model trained alone
     log_every: int = 25              # outer steps per jitted chunk (progress bar)
+    checkpoint_every: int = 0        # save every N outer steps in WORKDIR/checkpoints; 0: never
 
     @classmethod
     def smoke(cls) -> "Config":
@@ -81,6 +84,11 @@ class Config:
         if self.outer_steps % self.log_every:
             raise ValueError(f"log_every must divide outer_steps ({self.outer_steps}), "
                              f"got {self.log_every}")
+        every = self.checkpoint_every
+        if isinstance(every, bool) or not isinstance(every, int) or every < 0 \
+                or every % self.log_every:
+            raise ValueError(f"checkpoint_every must be 0 or a multiple of log_every "
+                             f"({self.log_every}), got {every!r}")
 
 
 def accuracy(objective: Objective, weights, gamma, batch) -> jax.Array:
@@ -113,11 +121,11 @@ def main(argv=None) -> dict:
 
     config, run, args = parse(Config, argv, name=NAME, description=__doc__)
     with Timer() as timer:
-        summary, figures = _experiment(config, run)
+        summary, figures = _experiment(config, run, args)
     return finish(run, args, summary, figures, timer.seconds)
 
 
-def _experiment(config: Config, run):
+def _experiment(config: Config, run, args=None):
     ds = data.load_sklearn("digits", seed=config.seed)
     train, val, test = ((jnp.asarray(x), jnp.asarray(y)) for x, y in
                         ((ds.x_train, ds.y_train), (ds.x_val, ds.y_val), (ds.x_test, ds.y_test)))
@@ -136,15 +144,18 @@ def _experiment(config: Config, run):
     initial_weights = state.params          # the same initial weights for retraining
 
     run_chunk = jax.jit(functools.partial(trainer.run_many, num_steps=config.log_every))
-    parts = []
-    for _ in tqdm.trange(config.outer_steps // config.log_every, desc="structure search"):
-        state, hist = run_chunk(state, train, val)
-        check_divergence(state, hist)
-        parts.append(hist)
+
+    def log(step, chunk_state, hist):
+        if chunk_state is not None:                 # None: a chunk restored from a checkpoint
+            check_divergence(chunk_state, hist)
         for t in range(config.log_every):
             run.log_metrics(int(hist["step"][0, t]) + 1, gamma=hist["structure"][0][:, t],
                             val_loss=hist["outer_loss"][:, t], train_loss=hist["inner_loss"][:, t])
-    hist = jax.tree.map(lambda *xs: np.concatenate(xs, axis=1), *parts)
+    ckpt = checkpointer(run, args, config, "search", state=state)
+    state, hist, _ = run_chunks(run_chunk, state, num_steps=config.outer_steps,
+                                chunk=config.log_every, args=(train, val), checkpointer=ckpt,
+                                on_chunk=log, history_axis=1, desc="structure search",
+                                check_finite=lambda st, _: {"state": st})
     gamma_path = np.asarray(hist["structure"][0])                 # (seeds, T, 2)
 
     # test accuracies: relaxed supernet, discretised supernet, models trained alone

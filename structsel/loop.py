@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import numpy as np
 from tqdm import tqdm
 
-from structsel.checkpoint import CheckpointError, Checkpointer
+if TYPE_CHECKING:  # orbax is imported only by a loop that checkpoints (import time)
+    from structsel.checkpoint import Checkpointer
 
 __all__ = ["run_chunks", "concatenate"]
 
@@ -34,9 +35,14 @@ def concatenate(parts: list, axis: int):
     return jax.tree.map(lambda *a: np.concatenate(a, axis=axis), *parts)
 
 
-def _split(history, axis: int, chunk: int, count: int) -> list:
-    return [jax.tree.map(lambda a: np.take(np.asarray(a), np.arange(i * chunk, (i + 1) * chunk), axis), history)
-            for i in range(count)]
+def _split(history, axis: int, count: int) -> list:
+    """The `count` equal per-chunk pieces of a concatenated history (per leaf, so that a
+    leaf with one entry per chunk splits too)."""
+    def piece(a, i):
+        a = np.asarray(a)
+        n = a.shape[axis] // count
+        return np.take(a, np.arange(i * n, (i + 1) * n), axis)
+    return [jax.tree.map(lambda a: piece(a, i), history) for i in range(count)]
 
 
 def _history_template(run_chunk, state, args, axis: int, count: int):
@@ -69,7 +75,7 @@ def _check_finite(trees: dict, lo: int, hi: int, axis: int) -> None:
 
 
 def run_chunks(run_chunk: Callable, state, *, num_steps: int, chunk: int, args: tuple = (),
-               checkpointer: Checkpointer | None = None,
+               checkpointer: "Checkpointer | None" = None,
                on_chunk: Callable[[int, Any, Any], None] | None = None,
                history_axis: int = 0, desc: str | None = None, progress: bool = True,
                check_finite: bool | Callable[[Any, Any], dict] = True
@@ -111,6 +117,7 @@ def run_chunks(run_chunk: Callable, state, *, num_steps: int, chunk: int, args: 
     if not (isinstance(check_finite, bool) or callable(check_finite)):
         raise ValueError("check_finite must be True, False or a callable (state, hist) -> dict")
     if checkpointer is not None:
+        from structsel.checkpoint import CheckpointError, Checkpointer
         if not isinstance(checkpointer, Checkpointer):
             raise ValueError(f"checkpointer must be a structsel.checkpoint.Checkpointer or "
                              f"None, got {type(checkpointer).__name__}")
@@ -133,8 +140,7 @@ def run_chunks(run_chunk: Callable, state, *, num_steps: int, chunk: int, args: 
             state, resumed = tree["state"], done
             parts = [tree["history"]]
             if on_chunk is not None:
-                for i, hist in enumerate(_split(tree["history"], history_axis, chunk,
-                                                done // chunk)):
+                for i, hist in enumerate(_split(tree["history"], history_axis, done // chunk)):
                     on_chunk((i + 1) * chunk, None, hist)
 
     seconds = []

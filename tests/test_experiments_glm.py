@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import complexity, enumeration_demo, glm_toy, relaxations
+from experiments import complexity, enumeration_demo, glm, glm_toy, relaxations
 from structsel.data import glm_toy as glm_data
 from structsel.objective import Coefficients, Context, Objective
 
@@ -33,16 +33,16 @@ def test_traced_losses_match_objective(fix):
     # equal the library's Objective with the same static coefficients (same ctx key, so
     # the same Monte Carlo draws). float32 sums of ~15 terms: rtol 1e-5.
     x, y = glm_data(seed=1)
-    base = glm_toy.glm_objective(x.shape[1], num_samples=2)
+    base = glm.glm_objective(x.shape[1], num_samples=2)
     coef = (0.5, 2.0, 3.0)
     ref = Objective(base.family, "gaussian", coefficients=Coefficients(*coef), num_samples=2,
                     noise_std=0.5)
     params, hparams = ref.init(jax.random.PRNGKey(0), x)
     hparams = dict(hparams, struct=(jnp.array([0.3, -0.2, 0.1]),))
-    setting = glm_toy.Setting(*map(jnp.asarray, coef), jnp.asarray(0.7), jnp.zeros(0),
-                              jnp.asarray(fix), jnp.asarray(-10.0))
-    inner, outer = (glm_toy.jit(f, True) for f in glm_toy.make_losses(base))
-    ref_inner, ref_outer = glm_toy.jit(ref.inner_loss, True), glm_toy.jit(ref.outer_loss, True)
+    setting = glm.Setting(*map(jnp.asarray, coef), jnp.asarray(0.7), jnp.zeros(0),
+                          jnp.asarray(fix), jnp.asarray(-10.0))
+    inner, outer = (glm.jit(f, True) for f in glm.make_losses(base))
+    ref_inner, ref_outer = glm.jit(ref.inner_loss, True), glm.jit(ref.outer_loss, True)
     # the trainer's context says lambda_temp = 5; the losses must use the setting's 0.7
     ctx = Context.create(jax.random.PRNGKey(3), 5.0, False)
     ref_ctx = ctx.replace(temperature=jnp.asarray(0.7))
@@ -66,16 +66,16 @@ def test_structure_penalty_matches_objective():
     x, y = glm_data(seed=2)
     cfg = enumeration_demo.Config()
     refs = enumeration_demo.vertex_references(cfg)
-    base = glm_toy.glm_objective(x.shape[1], num_samples=2)
+    base = glm.glm_objective(x.shape[1], num_samples=2)
     lam = (-1.0, 0.5, -2.0)
     ref = Objective(base.family, "gaussian", coefficients=Coefficients(0.01, 1.0, 100.0, lam),
                     references=refs, num_samples=2, noise_std=0.5)
     params, hparams = ref.init(jax.random.PRNGKey(0), x)
-    setting = glm_toy.Setting(jnp.asarray(0.01), jnp.asarray(1.0), jnp.asarray(100.0),
-                              jnp.asarray(1.0), jnp.asarray(lam), jnp.asarray(False),
-                              jnp.asarray(0.0))
-    outer = glm_toy.jit(glm_toy.make_losses(base, refs)[1], True)
-    ref_outer = glm_toy.jit(ref.outer_loss, True)
+    setting = glm.Setting(jnp.asarray(0.01), jnp.asarray(1.0), jnp.asarray(100.0),
+                          jnp.asarray(1.0), jnp.asarray(lam), jnp.asarray(False),
+                          jnp.asarray(0.0))
+    outer = glm.jit(glm.make_losses(base, refs)[1], True)
+    ref_outer = glm.jit(ref.outer_loss, True)
     ctx = Context.create(jax.random.PRNGKey(4), 1.0, False)
     np.testing.assert_allclose(outer(params, hparams, (x, y, setting), ctx),
                                ref_outer(params, hparams, (x, y), ctx), rtol=1e-5)
@@ -83,7 +83,7 @@ def test_structure_penalty_matches_objective():
 
 def test_submodel_mass():
     samples = np.array([[[0.7, 0.2, 0.1], [0.1, 0.1, 0.8], [0.5, 0.4, 0.1], [0.2, 0.5, 0.3]]])
-    np.testing.assert_allclose(glm_toy.submodel_mass(samples), [[0.5, 0.25, 0.25]])
+    np.testing.assert_allclose(glm.submodel_mass(samples), [[0.5, 0.25, 0.25]])
 
 
 def test_glm_toy_smoke(tmp_path):

@@ -47,7 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from structsel import bilevel, objective, structure
+from structsel import bilevel, loop, objective, structure
 from structsel.search.random_search import random_search
 
 
@@ -189,19 +189,20 @@ class GradientSearch:
         for n in set(segments) - set(compiled):
             compiled[n] = jit(lambda s, tr, va, n=n: trainer.run_many(s, tr, va, n,
                                                                       batching=batching))
-        it = segments
-        if progress:
-            from tqdm import tqdm
-            it = tqdm(segments, desc=f"search ({space.name})", unit="segment", leave=False)
-        histories = []
-        for n in it:
-            states, hist = compiled[n](states, train, val)
-            histories.append(jax.tree.map(np.asarray, hist))
-        history = {k: np.concatenate([h[k] for h in histories], axis=1)
-                   for k in histories[0] if k != "structure"}
-        gamma_history = _stack_cell(space, tuple(np.concatenate([h["structure"][e] for h in histories],
-                                                                axis=1)
-                                                 for e in range(space.family.num_edges)))
+        # equal segments in one run_chunks, then the remainder (its own compiled length);
+        # the trainer freezes a diverged run at its last finite state: only that is checked
+        parts, size = [], segments[0]
+        for n, steps in ((size, size * segments.count(size)),
+                         (segments[-1], segments[-1] if segments[-1] != size else 0)):
+            if steps:
+                states, hist, _ = loop.run_chunks(
+                    compiled[n], states, num_steps=steps, chunk=n, args=(train, val),
+                    history_axis=1, desc=f"search ({space.name})", progress=progress,
+                    check_finite=lambda st, _: {"state": st})
+                parts.append(hist)
+        full = loop.concatenate(parts, axis=1)
+        history = {k: v for k, v in full.items() if k != "structure"}
+        gamma_history = _stack_cell(space, tuple(full["structure"]))
         ctx = objective.Context.create(jax.random.key(0), trainer.temperature(b.search_steps))
         final = jax.vmap(lambda s: obj.structure(s.params, s.hparams, ctx))(states)
         gamma = _stack_cell(space, final)
