@@ -152,6 +152,7 @@ def run_piece(name: str, out: pathlib.Path, seeds=SPLIT_SEEDS, method: str | Non
                "model": summary.get("model"), "params": summary["params"],
                "val": summary["val_metric"], "test": summary["test_metric"],
                "fallback": summary.get("fallback"), "warnings": summary.get("warnings"),
+               "ensemble": summary.get("ensemble"),
                "regret": summary.get("regret"), "rank": summary.get("rank"),
                "metric": summary["metric"], "n": int(len(ds.y_train) + len(ds.y_val)
                                                      + len(ds.y_test)),

@@ -114,7 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
                    split_help="seed of the split (default: the split the structure was "
                               "selected on, recorded in structure.json)")
     r.add_argument("--seeds", type=_positive_int, default=3, help="training seeds")
-    r.add_argument("--budget", default="default", help="budget preset and overrides")
+    r.add_argument("--budget", default=None,
+                   help="budget preset and overrides (default: the budget the structure was "
+                        "selected with, recorded in structure.json, else 'default')")
     r.add_argument("--workdir", help="output directory (default: next to the structure)")
     r.set_defaults(func=_retrain)
 

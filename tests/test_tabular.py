@@ -244,3 +244,67 @@ def test_tables_default_to_the_tabular_space_and_budget(tmp_path):
     assert runner.default_budget("mnist1d", "tabular") == "tabular"  # mnist1d as a table
     b = runner.BUDGETS["tabular"]
     assert b.width == 16 and tabular.hidden_widths(b.width) == (16, 64, 256)
+
+
+# --- the deep ensemble of the retrained seeds -------------------------------------------------
+
+def test_ensemble_combines_probabilities_and_means():
+    # oracle: numpy log of the averaged softmax probabilities, and the plain mean (float64)
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(3, 7, 4))
+    p = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    with jax.enable_x64(True):
+        got = np.asarray(Classification(4).ensemble(jnp.asarray(logits)))
+        np.testing.assert_allclose(got, np.log(p.mean(0)), rtol=1e-12)
+        same = np.asarray(Classification(4).ensemble(jnp.asarray(np.stack([logits[0]] * 5))))
+        # S copies of one model: its own log-probabilities
+        np.testing.assert_allclose(same, np.log(p[0]), rtol=1e-12)
+        preds = rng.normal(size=(3, 7, 1))
+        np.testing.assert_allclose(np.asarray(Regression().ensemble(jnp.asarray(preds))),
+                                   preds.mean(0), rtol=1e-12)
+
+
+def test_selection_by_the_ensemble_and_its_record():
+    from structsel.search import selection
+
+    y = np.array([0, 1, 1, 0, 1, 0])
+    data = Splits(None, None, None, y, None, y)
+
+    def member(weak_wrong_rows):  # confidently right (logit 5) except weakly wrong rows (1)
+        right, wrong = np.array([5.0, -5.0]), np.array([-1.0, 1.0])
+        return [(wrong if i in weak_wrong_rows else right)[::1 - 2 * c] for i, c in enumerate(y)]
+
+    # candidate 0: members right on 4/6 and 5/6 whose errors differ: the ensemble is 6/6;
+    # candidate 1: two copies of the 5/6 member: better alone, worse together
+    outs = np.asarray([[member({1, 2}), member({3})], [member({3}), member({3})]], np.float32)
+
+    class Evaluator:
+        def __call__(self, choices, keys, outputs=False):
+            acc = (outs.argmax(-1) == y).mean(-1)
+            return {"val_metric": acc, "test_metric": acc, "val_out": outs, "test_out": outs}
+
+    class Space:
+        def num_params(self, choice, x):
+            return int(10 + choice[0])
+
+    choices = np.array([[0], [1]])
+    plain = selection.select(Evaluator(), Space(), choices, keys=None, x_train=None,
+                             higher_is_better=True)
+    ens = selection.select(Evaluator(), Space(), choices, keys=None, x_train=None,
+                           higher_is_better=True, ensemble=(Classification(2), data))
+    np.testing.assert_allclose(plain.val.mean(1), [0.75, 5 / 6])
+    assert plain.best == 1 and plain.ensemble_val is None
+    np.testing.assert_allclose(ens.ensemble_val, [1.0, 5 / 6])
+    assert ens.best == 0
+    record = runner._ensemble_record(ens, ens.best)
+    assert record["val_metric"] == record["test_metric"] == 1.0
+    assert record["ensemble"]["members"] == 2 and record["ensemble"]["val_metric_single"] == 0.75
+    assert record["ensemble"]["params_total"] == 20
+
+
+def test_tabular_budget_ensembles_and_the_flag_parses():
+    assert runner.BUDGETS["tabular"].ensemble and not runner.BUDGETS["default"].ensemble
+    assert not runner.parse_budget("tabular,ensemble=0").ensemble
+    assert runner.parse_budget("small,ensemble=true").ensemble
+    with pytest.raises(ValueError, match="ensemble"):
+        runner.parse_budget("tabular,ensemble=maybe")

@@ -48,6 +48,11 @@ class Classification:
         """Accuracy 1/n sum_i [argmax f(x_i) = y_i]."""
         return jnp.mean(jnp.argmax(out, -1) == y)
 
+    def ensemble(self, outs):
+        """The deep ensemble of S models' logits `outs` (S, ..., C): log (1/S sum_s
+        softmax(f_s(x))), the log of the averaged class probabilities."""
+        return jax.nn.logsumexp(jax.nn.log_softmax(outs, -1), axis=0) - jnp.log(outs.shape[0])
+
 
 @dataclasses.dataclass(frozen=True)
 class Regression:
@@ -69,6 +74,10 @@ class Regression:
     def metric(self, out, y):
         """RMSE = target_std * sqrt(1/n sum_i (f(x_i) - y_i)^2)."""
         return self.target_std * jnp.sqrt(jnp.mean((out[..., 0] - y) ** 2))
+
+    def ensemble(self, outs):
+        """The deep ensemble of S models' predictions `outs` (S, ..., 1): their mean."""
+        return jnp.mean(outs, axis=0)
 
 
 def task_of(dataset) -> Classification | Regression:
@@ -233,12 +242,14 @@ def fit_with_stopping(family, task, config: TrainConfig, structure, weights, dat
     return weights, losses, stop
 
 
-def train_structure(family, task, config: TrainConfig, structure, data: Splits, *, key):
+def train_structure(family, task, config: TrainConfig, structure, data: Splits, *, key,
+                    outputs: bool = False):
     """Trains the discrete model at a vertex from scratch (w_0 ~ init(key)); its metrics.
 
     `structure`: the vertex as a one-hot Gamma or as a choice (see `forward`).
-    Returns {"train_loss", "val_metric", "test_metric"} (scalars), and "stop_step" (the
-    step of the returned weights) with early stopping.
+    Returns {"train_loss", "val_metric", "test_metric"} (scalars), "stop_step" (the step
+    of the returned weights) with early stopping, and with `outputs` the model's outputs
+    "val_out" / "test_out" on the validation and test rows (for ensembles).
     """
     k_init, k_batch = jax.random.split(key)
     weights = family.init(k_init, data.x_train[:1])
@@ -250,10 +261,14 @@ def train_structure(family, task, config: TrainConfig, structure, data: Splits, 
            "test_metric": task.metric(apply(weights, data.x_test), data.y_test)}
     if config.eval_every:
         out["stop_step"] = stop
+    if outputs:
+        out["val_out"] = apply(weights, data.x_val)
+        out["test_out"] = apply(weights, data.x_test)
     return out
 
 
-def train_structures(family, task, config: TrainConfig, structures, data: Splits, *, keys):
+def train_structures(family, task, config: TrainConfig, structures, data: Splits, *, keys,
+                     outputs: bool = False):
     """`train_structure` over a batch of vertices and `keys`; metrics (num_structures, num_seeds).
 
     `structures` is either Gamma with a leading batch axis on every leaf (the supernet at
@@ -265,7 +280,7 @@ def train_structures(family, task, config: TrainConfig, structures, data: Splits
     """
     def per_structure(structure):
         return jax.vmap(lambda k: train_structure(family, task, config, structure, data,
-                                                  key=k))(keys)
+                                                  key=k, outputs=outputs))(keys)
     if isinstance(structures, (tuple, list)):
         return jax.vmap(per_structure)(tuple(structures))
     return jax.lax.map(per_structure, jnp.asarray(structures))

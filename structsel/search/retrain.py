@@ -30,25 +30,58 @@ from structsel.search import enumeration, references, runner, spaces
 def read_structure(path: str | pathlib.Path) -> dict:
     """The JSON dict of a structure file (ValueError if missing or malformed)."""
     path = pathlib.Path(path)
+    if path.is_dir():
+        raise ValueError(f"structure file {path} is a directory; expected a structure.json")
     if not path.is_file():
         raise ValueError(f"structure file not found: {path}")
     try:
-        structure = json.loads(path.read_text())
+        structure = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: cannot read the structure file "
+                         f"({getattr(err, 'strerror', None) or 'not UTF-8 text'})") from None
+    if not isinstance(structure, dict):
+        raise ValueError(f"{path}: a structure.json holds a JSON object, got a "
+                         f"{type(structure).__name__}")
+    _check_record(path, structure)
     if structure.get("format") == "structsel.linear/1":
         return structure
     for key in ("space", "width", "edges", "format"):
         if key not in structure:
             raise ValueError(f"{path}: not a structure.json of structsel search (no {key!r})")
+    width = structure["width"]
+    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+        raise ValueError(f"{path}: 'width' must be an int >= 1, got {width!r}")
     return structure
+
+
+def _check_record(path: pathlib.Path, structure: dict) -> None:
+    """The recorded split seed, outputs and classes have the types run_retrain uses."""
+    split = structure.get("split")
+    seed = split.get("seed", 0) if isinstance(split, dict) else 0
+    if split is not None and not isinstance(split, dict) or (
+            isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+        raise ValueError(f"{path}: 'split' must be null or an object whose 'seed' is an int "
+                         f">= 0, got {split!r}")
+    outputs = structure.get("num_outputs")
+    if outputs is not None and (isinstance(outputs, bool) or not isinstance(outputs, int)
+                                or outputs < 1):
+        raise ValueError(f"{path}: 'num_outputs' must be null or an int >= 1, got {outputs!r}")
+    if not isinstance(structure.get("classes") or [], list):
+        raise ValueError(f"{path}: 'classes' must be null or a list of labels, got "
+                         f"{structure['classes']!r}")
 
 
 def rebuild(structure: dict, *, num_outputs: int) -> tuple[spaces.Space, Family]:
     """(space, discrete Family) of a structure dict; the Family is applied with ones_gamma()."""
     space = spaces.structure_space(structure, num_outputs=num_outputs,
                                    width=int(structure["width"]))
-    sub, _ = discrete_model(space.family, structure)
+    try:
+        sub, _ = discrete_model(space.family, structure)
+    except ValueError as err:
+        raise ValueError(f"the structure does not fit its space {structure['space']!r} (exported "
+                         f"from another space?): {err}") from None
     return space, sub
 
 
@@ -57,11 +90,26 @@ def kept_ops(structure: dict) -> dict[str, str]:
     return dict(structure.get("selected", {}))
 
 
-def train_discrete(sub: Family, task, config, data: enumeration.Splits, *, keys):
-    """Trains the discrete model `sub` (gamma = 1 on every edge) with each key; numpy metrics."""
+def train_discrete(sub: Family, task, config, data: enumeration.Splits, *, keys,
+                   outputs: bool = False):
+    """Trains the discrete model `sub` (gamma = 1 on every edge) with each key; numpy metrics
+    (and with `outputs` the models' outputs "val_out" / "test_out", for an ensemble)."""
     gammas = tuple(g[None] for g in sub.ones_gamma())
-    fn = jax.jit(lambda k, d: enumeration.train_structures(sub, task, config, gammas, d, keys=k))
+    fn = jax.jit(lambda k, d: enumeration.train_structures(sub, task, config, gammas, d, keys=k,
+                                                           outputs=outputs))
     return {k: np.asarray(v)[0] for k, v in fn(keys, data).items()}
+
+
+def budget_of(record: dict, budget) -> runner.Budget:
+    """The budget to retrain with: `budget` if given, else the one the structure was
+    selected with (recorded in structure.json), else 'default'."""
+    if budget is not None:
+        return runner.parse_budget(budget)
+    recorded = record.get("budget")
+    if isinstance(recorded, dict):
+        fields = {f.name for f in dataclasses.fields(runner.Budget)}
+        return runner.Budget(**{k: v for k, v in recorded.items() if k in fields})
+    return runner.parse_budget("default")
 
 
 def path_num_params(sub: Family, x) -> int:
@@ -75,7 +123,7 @@ def path_num_params(sub: Family, x) -> int:
 
 
 def run_retrain(*, structure, data=None, target=None, task=None, dataset=None, seed=0,
-                split_seed=None, seeds=3, budget="default", workdir=None,
+                split_seed=None, seeds=3, budget=None, workdir=None,
                 progress=False) -> dict:
     """Rebuilds `structure` (a path) and trains it from scratch on the given data, split with
     `split_seed` (default: the structure's recorded split seed, else 0)."""
@@ -88,7 +136,7 @@ def run_retrain(*, structure, data=None, target=None, task=None, dataset=None, s
         raise ValueError("give either --data FILE or --dataset NAME, not both")
     if split_seed is None:
         split_seed = int((record.get("split") or {}).get("seed", 0))
-    b = runner.parse_budget(budget)
+    b = budget_of(record, budget)
     if not linear:
         b = dataclasses.replace(b, width=int(record["width"]))
     ds = runner.load_data(dataset=dataset, data=data, target=target, task=task,
@@ -106,13 +154,18 @@ def run_retrain(*, structure, data=None, target=None, task=None, dataset=None, s
         space, sub = rebuild(record, num_outputs=t.num_outputs)
         splits = enumeration.splits_of(ds, space.prepare)
         keys = jax.random.split(runner.prng_key(seed), seeds)
-        scores = train_discrete(sub, t, b.train, splits, keys=keys)
+        scores = train_discrete(sub, t, b.train, splits, keys=keys, outputs=b.ensemble)
         base = {"selected": kept_ops(record), "space": space.name,
                 "params": path_num_params(sub, splits.x_train),
                 "val_metric": float(scores["val_metric"].mean()),
                 "val_metric_std": float(scores["val_metric"].std()),
                 "test_metric": float(scores["test_metric"].mean()),
                 "test_metric_std": float(scores["test_metric"].std())}
+        if b.ensemble:  # the returned model is the seeds' deep ensemble (as in search)
+            base["ensemble"] = {
+                "members": int(seeds),
+                **{f"{split}_metric": float(t.metric(t.ensemble(scores[f"{split}_out"]), y))
+                   for split, y in (("val", splits.y_val), ("test", splits.y_test))}}
     workdir = pathlib.Path(workdir or pathlib.Path(structure).parent / "retrain")
     run = Run.create(workdir, config={"structure": str(structure), "data": data,
                                       "dataset": ds.name, "seeds": seeds,
@@ -123,6 +176,7 @@ def run_retrain(*, structure, data=None, target=None, task=None, dataset=None, s
                "metric": t.metric_name,
                **{k: base[k] for k in ("val_metric", "val_metric_std", "test_metric",
                                        "test_metric_std")},
+               **({"ensemble": base["ensemble"]} if "ensemble" in base else {}),
                "seeds": 1 if linear else seeds, "split": ds.split,
                "wall_time_s": time.perf_counter() - start, "workdir": str(run.workdir)}
     if ds.classes is not None:
@@ -139,4 +193,7 @@ def format_retrain(summary: dict) -> str:
         f"params        | {summary['params']}",
         f"val {summary['metric']:<9} | {summary['val_metric']:.4f} +- {summary['val_metric_std']:.4f}",
         f"test {summary['metric']:<8} | {summary['test_metric']:.4f} +- {summary['test_metric_std']:.4f}",
+        *([f"ensemble of {summary['ensemble']['members']} | val "
+           f"{summary['ensemble']['val_metric']:.4f}  test {summary['ensemble']['test_metric']:.4f}"]
+          if "ensemble" in summary else []),
         f"workdir       | {summary['workdir']}"])

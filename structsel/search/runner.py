@@ -56,6 +56,9 @@ class Budget:
     search_lr: float = 3e-2      # Adam step on the structure parameters
     evaluations: int = 0         # black-box evaluations (0: the gradient methods' compute)
     retrain_seeds: int = 3       # seeds of the final from-scratch retrain
+    # the returned model is the deep ensemble of the retrain_seeds models (their averaged
+    # class probabilities / predictions), selected by the ensemble's validation metric
+    ensemble: bool = False
     chunk: int = 32              # structures per call of the jitted evaluator
     mnist1d_samples: int = 4000  # size of the generated mnist1d set
     # restarts of a gradient search: one vmapped program, or lax.map (one after the other);
@@ -72,15 +75,21 @@ class Budget:
             value = getattr(self, f.name)
             if f.name in ("name", "batching", "schedule"):
                 continue
+            if f.type == "bool":
+                if not isinstance(value, bool):
+                    raise ValueError(f"budget {f.name} must be 0 or 1, got {value!r}")
+                continue
             lower = 0 if f.name in ("batch_size", "evaluations", "warmup_steps",
                                     "eval_every") else 1
             if f.type in ("int",) and (not isinstance(value, int) or value < lower):
                 raise ValueError(f"budget {f.name} must be an int >= {lower}, got {value!r}")
             if f.name == "weight_decay":
-                if not (isinstance(value, (int, float)) and value >= 0):
-                    raise ValueError(f"budget weight_decay must be a number >= 0, got {value!r}")
-            elif f.type in ("float",) and not (isinstance(value, (int, float)) and value > 0):
-                raise ValueError(f"budget {f.name} must be a number > 0, got {value!r}")
+                if not (isinstance(value, (int, float)) and 0 <= value < math.inf):
+                    raise ValueError(f"budget weight_decay must be a finite number >= 0, "
+                                     f"got {value!r}")
+            elif f.type in ("float",) and not (isinstance(value, (int, float))
+                                               and 0 < value < math.inf):
+                raise ValueError(f"budget {f.name} must be a finite number > 0, got {value!r}")
         self.train  # TrainConfig's checks (warm-up and evaluation period against the steps)
 
     @property
@@ -115,7 +124,7 @@ BUDGETS = {
     # AdamW with warm-up + cosine decay and early stopping on the validation metric.
     "tabular": Budget("tabular", width=16, train_steps=1500, learning_rate=3e-3,
                       batch_size=128, weight_decay=1e-2, schedule="cosine", warmup_steps=75,
-                      eval_every=50, search_steps=100, inner_steps=5),
+                      eval_every=50, search_steps=100, inner_steps=5, ensemble=True),
 }
 
 
@@ -162,10 +171,19 @@ def parse_budget(text: str | Budget) -> Budget:
             raise ValueError(f"budget override must be key=value with key one of "
                              f"{sorted(fields)}, got {item!r}")
         try:
-            changes[key] = {"float": float, "str": str}.get(fields[key].type, int)(value)
+            changes[key] = {"float": float, "str": str, "bool": _flag}.get(fields[key].type,
+                                                                          int)(value)
         except ValueError:
-            raise ValueError(f"budget {key} must be a {fields[key].type}, got {value!r}") from None
+            kind = {"int": "an int", "float": "a number"}.get(fields[key].type, fields[key].type)
+            raise ValueError(f"budget {key} must be {kind}, got {value!r}") from None
     return dataclasses.replace(BUDGETS[name], **changes)
+
+
+def _flag(value: str) -> bool:
+    """A budget override of a bool field: 0 / 1 (also false / true)."""
+    if value.lower() not in ("0", "1", "false", "true"):
+        raise ValueError(value)
+    return value.lower() in ("1", "true")
 
 
 def space_names() -> list[str]:
@@ -285,11 +303,12 @@ def make_problem(ds: data_lib.Dataset, space_name: str, budget: Budget) -> Probl
 
 
 @functools.lru_cache(maxsize=32)
-def _compiled_trainer(family, task, config: TrainConfig):
-    """jit(train_structures) per (family, task, config), cached across runs. The data is an
-    argument, not a closed-over constant: smaller programs, one compilation for all runs."""
+def _compiled_trainer(family, task, config: TrainConfig, outputs: bool = False):
+    """jit(train_structures) per (family, task, config, outputs), cached across runs. The
+    data is an argument, not a closed-over constant: smaller programs, one compilation for
+    all runs."""
     return jax.jit(lambda structures, keys, data: train_structures(
-        family, task, config, structures, data, keys=keys))
+        family, task, config, structures, data, keys=keys, outputs=outputs))
 
 
 class Evaluator:
@@ -298,14 +317,18 @@ class Evaluator:
 
     `__call__(choices, keys)` returns {"val_metric", "test_metric", "train_loss"} as numpy
     arrays (num_structures, num_seeds); `count` is the number of (structure, seed) trainings.
+    With `outputs=True` also "val_out" / "test_out", the models' outputs on those rows
+    (num_structures, num_seeds, rows, outputs), for the deep ensemble of the seeds.
     """
 
     def __init__(self, problem: Problem, *, progress: bool = False):
         self.problem, self.progress, self.count = problem, progress, 0
-        space, task, cfg = problem.space, problem.task, problem.budget.train
-        self._fn = _compiled_trainer(space.family, task, cfg)
 
-    def __call__(self, choices, keys) -> dict[str, np.ndarray]:
+    def _fn(self, outputs: bool):
+        space, task, cfg = self.problem.space, self.problem.task, self.problem.budget.train
+        return _compiled_trainer(space.family, task, cfg, outputs)
+
+    def __call__(self, choices, keys, *, outputs: bool = False) -> dict[str, np.ndarray]:
         choices = np.asarray(choices, np.int32)
         n, chunk = len(choices), self.problem.budget.chunk
         size = min(chunk, 1 << max(0, (n - 1).bit_length()))  # few distinct batch shapes
@@ -317,7 +340,7 @@ class Evaluator:
         for s in starts:
             part = choices[s:s + size]
             padded = np.concatenate([part, np.repeat(part[-1:], size - len(part), 0)])
-            out = self._fn(self.problem.space.vertex(padded), keys, self.problem.data)
+            out = self._fn(outputs)(self.problem.space.vertex(padded), keys, self.problem.data)
             outs.append({k: np.asarray(v)[:len(part)] for k, v in out.items()})
         self.count += n * int(np.shape(keys)[0])
         return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
@@ -351,6 +374,12 @@ def format_summary(summary: dict) -> str:
         fb = summary["fallback"]
         values["model"] = (f"linear (fallback; the selection had val {fb['selected_val']:.4g}, "
                            f"test {fb['selected_test']:.4g}, {fb['selected_params']} params)")
+    elif summary.get("ensemble"):
+        en = summary["ensemble"]
+        values["model"] = (f"deep ensemble of the {en['members']} retrained models (single "
+                           f"models: val {en['val_metric_single']:.4g}, test "
+                           f"{en['test_metric_single']:.4g} +- {en['test_metric_single_std']:.2g})")
+        values["params"] = f"{summary['params']} per model, {en['params_total']} in all"
     if "regret" in summary:
         notes = ([] if not summary.get("fallback") else ["of the selection"]) + (
             [] if summary.get("table_like_for_like", True) else ["not like for like"])
@@ -493,7 +522,9 @@ def _retrain_selected(problem, evaluator, outcome, run, config, key, base) -> di
     retrain_keys = jax.random.split(key, config.budget.retrain_seeds)
     x_train = np.asarray(problem.data.x_train)
     chosen = sel.select(evaluator, problem.space, proposals, keys=retrain_keys,
-                        x_train=x_train, higher_is_better=problem.task.higher_is_better)
+                        x_train=x_train, higher_is_better=problem.task.higher_is_better,
+                        ensemble=(problem.task, problem.data) if config.budget.ensemble
+                        else None)
     best, choice = chosen.best, chosen.choices[chosen.best]
     runs = [i for i, c in enumerate(proposals) if np.array_equal(c, choice)]
     space = problem.space
@@ -513,6 +544,7 @@ def _retrain_selected(problem, evaluator, outcome, run, config, key, base) -> di
         "test_metric": float(chosen.test[best].mean()),
         "test_metric_std": float(chosen.test[best].std()),
         "selection_tolerance": chosen.tolerance,
+        **_ensemble_record(chosen, best),
         "proposed_by": [labels[i] for i in runs],
         "restart_choices": proposals.tolist(),
         "extra": outcome.extra,
@@ -538,6 +570,7 @@ def _retrain_selected(problem, evaluator, outcome, run, config, key, base) -> di
                    metric=problem.task.metric_name)
     run.write_json("structure.json", {**space.export(choice), "dataset": problem.dataset,
                                       "task": problem.task.name, "width": config.budget.width,
+                                      "budget": dataclasses.asdict(config.budget),
                                       "num_outputs": problem.task.num_outputs})
     spaces.plot_cell(space, choice, run.path("cell.png"))
     if outcome.gamma_history is not None:
@@ -546,12 +579,27 @@ def _retrain_selected(problem, evaluator, outcome, run, config, key, base) -> di
     return summary
 
 
+def _ensemble_record(chosen, best: int) -> dict:
+    """With a deep ensemble: its val / test metric as the run's, the single models' kept."""
+    if chosen.ensemble_val is None:
+        return {}
+    return {"val_metric": float(chosen.ensemble_val[best]),
+            "test_metric": float(chosen.ensemble_test[best]),
+            "ensemble": {"members": int(chosen.val.shape[1]),
+                         "val_metric_single": float(chosen.val[best].mean()),
+                         "test_metric_single": float(chosen.test[best].mean()),
+                         "test_metric_single_std": float(chosen.test[best].std()),
+                         "params_total": int(chosen.val.shape[1] * chosen.params[best])}}
+
+
 def run_enumeration(*, space: str, dataset: str, seeds: int = 3, seed: int = 0,
                     budget: str | Budget | None = None, out: str | None = None,
                     progress: bool = True) -> tuple[dict, pathlib.Path]:
     """Trains every structure of `space` on `dataset` with `seeds` seeds; writes the table."""
     if space not in spaces.SPACES:
         raise ValueError(f"space must be one of {sorted(spaces.SPACES)}, got {space!r}")
+    if out is not None and pathlib.Path(out).is_dir():
+        raise ValueError(f"out {out} is a directory; give the path of the table's .json file")
     b = parse_budget(budget if budget is not None else default_budget(dataset, space))
     ds = load_data(dataset=dataset, data=None, target=None, task=None, split_seed=seed, budget=b)
     problem = make_problem(ds, space, b)

@@ -32,6 +32,8 @@ class Selection(NamedTuple):
     best: int                    # chosen candidate
     tolerance: float             # one standard error of the mean validation metric
     higher_is_better: bool
+    ensemble_val: np.ndarray | None = None   # (N,) metric of the seeds' deep ensemble
+    ensemble_test: np.ndarray | None = None
 
 
 RULES = ("best", "one_se")
@@ -64,16 +66,31 @@ def one_se_choice(val, params, *, higher_is_better: bool, rule: str = "one_se"
 
 
 def select(evaluator, space, candidates, *, keys, x_train, higher_is_better: bool,
-           rule: str = "best") -> Selection:
+           rule: str = "best", ensemble=None) -> Selection:
     """Retrains each distinct row of `candidates` (N, E) with one seed per key; the best
-    mean validation metric, ties by `rule` going to fewer parameters."""
+    mean validation metric, ties by `rule` going to fewer parameters.
+
+    ensemble: None, or (task, data) to score each candidate as the deep ensemble of its
+    seeds (`task.ensemble` of their outputs, scored with `task.metric` on data.y_val /
+    data.y_test) and choose by the ensemble's validation metric (rule "best").
+    """
     choices = np.unique(np.asarray(candidates, np.int32), axis=0)
-    scores = evaluator(choices, keys)
+    scores = evaluator(choices, keys, outputs=ensemble is not None)
     params = np.asarray([space.num_params(c, x_train) for c in choices])
-    best, tol = one_se_choice(scores["val_metric"], params, higher_is_better=higher_is_better,
-                              rule=rule)
+    ens_val = ens_test = None
+    if ensemble is not None:
+        task, data = ensemble
+        ens_val, ens_test = (np.asarray([float(task.metric(task.ensemble(o), y))
+                                         for o in scores[f"{split}_out"]])
+                             for split, y in (("val", data.y_val), ("test", data.y_test)))
+        best, tol = one_se_choice(ens_val[:, None], params, higher_is_better=higher_is_better,
+                                  rule="best")
+    else:
+        best, tol = one_se_choice(scores["val_metric"], params,
+                                  higher_is_better=higher_is_better, rule=rule)
     return Selection(choices, params, np.asarray(scores["val_metric"]),
-                     np.asarray(scores["test_metric"]), best, tol, higher_is_better)
+                     np.asarray(scores["test_metric"]), best, tol, higher_is_better,
+                     ens_val, ens_test)
 
 
 def front_record(selection: Selection, space, candidates, labels: Sequence) -> dict:
@@ -89,6 +106,9 @@ def front_record(selection: Selection, space, candidates, labels: Sequence) -> d
                      "val_std": float(selection.val[i].std()),
                      "test_mean": float(selection.test[i].mean()),
                      "test_std": float(selection.test[i].std()),
+                     **({} if selection.ensemble_val is None else {
+                         "ensemble_val": float(selection.ensemble_val[i]),
+                         "ensemble_test": float(selection.ensemble_test[i])}),
                      "proposed_by": runs, "chosen": i == selection.best})
     return {"rule": "best mean validation metric; candidates within `tolerance` of it are "
                     "ties, which go to the fewest parameters",
