@@ -26,6 +26,8 @@ import json
 import os
 import pathlib
 import re
+import shutil
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -37,6 +39,7 @@ from structsel.runs import to_jsonable
 
 COMMIT_MARKER = "commit_success.txt"            # orbax's marker of a finished step folder
 TMP_MARKER = ".orbax-checkpoint-tmp"           # orbax's suffix of an unfinished one
+LOCAL_FILE = "state.msgpack"                   # the arrays of a save among several processes
 _VERSIONED = ("structsel", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint")
 
 
@@ -196,13 +199,8 @@ class Checkpointer:
     # ------------------------------------------------------------------ orbax
     def _open(self) -> ocp.CheckpointManager:
         if self._manager is None:
-            # every process keeps its own runs' checkpoints (a sweep on several hosts)
-            me = jax.process_index()
-            mp = ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me}) \
-                if jax.process_count() > 1 else ocp.options.MultiprocessingOptions()
-            options = ocp.CheckpointManagerOptions(
-                max_to_keep=self.keep, create=True, enable_async_checkpointing=False,
-                multiprocessing_options=mp)
+            options = ocp.CheckpointManagerOptions(max_to_keep=self.keep, create=True,
+                                                   enable_async_checkpointing=False)
             self._manager = ocp.CheckpointManager(self.directory, options=options,
                                                   item_names=("state", "meta"))
         return self._manager
@@ -277,18 +275,22 @@ class Checkpointer:
             raise CheckpointError(f"incompatible checkpoint {folder / 'state'}: the tree "
                                   f"differs from the template at " + "; ".join(diff))
         leaves, treedef = jax.tree.flatten(template)
-        target = jax.tree.unflatten(treedef, [_restore_target(x) for x in leaves])
+        local = folder / "state" / LOCAL_FILE
         try:
-            restored = self._open().restore(
-                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
-                                              meta=ocp.args.JsonRestore())).state
+            if local.exists():
+                saved = ocp.msgpack_utils.msgpack_restore(local.read_bytes())
+                values = [saved[path] for path, _ in _leaves(template)]
+            else:
+                target = jax.tree.unflatten(treedef, [_restore_target(x) for x in leaves])
+                values = jax.tree.leaves(self._open().restore(
+                    step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
+                                                  meta=ocp.args.JsonRestore())).state)
         except Exception as err:  # orbax/tensorstore raise many kinds on damaged files
             text = str(err)
             named = re.findall(r'local file "([^"]+)"', text)     # the innermost file
             where = named[-1] if named else folder / "state"
             raise CheckpointError(f"corrupt checkpoint {where}: orbax could not read it "
                                   f"({type(err).__name__}: {text[:300]})") from err
-        values = jax.tree.leaves(restored)
         for (path, _), value in zip(_leaves(template), values):
             if _digest(np.asarray(value)) != meta["sha256"].get(path):
                 raise CheckpointError(f"corrupt checkpoint {folder / 'state'}: checksum of "
@@ -311,12 +313,15 @@ class Checkpointer:
         meta = {"step": step, "fingerprint": self.fingerprint,
                 "structure": tree_structure(tree),
                 "sha256": {path: _digest(np.asarray(leaf)) for path, leaf in _leaves(stored)}}
-        manager = self._open()
-        if step in manager.all_steps():
+        if (self.directory / str(step)).exists():
             raise CheckpointError(f"checkpoint {self.directory / str(step)} exists already")
-        manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(stored),
-                                                   meta=ocp.args.JsonSave(meta)), force=True)
-        manager.wait_until_finished()
+        if jax.process_count() > 1:
+            self._save_local(step, stored, meta)
+        else:
+            manager = self._open()
+            manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(stored),
+                                                       meta=ocp.args.JsonSave(meta)), force=True)
+            manager.wait_until_finished()
         # SHA-256 of every file of the step, checked before orbax reads any (a damaged file
         # is then named, and tensorstore never reads it). Written after orbax's atomic
         # rename, itself atomically; a step without it is still read (values are checked).
@@ -327,10 +332,32 @@ class Checkpointer:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, manifest)
-        kept = {str(s) for s in manager.all_steps()}
+        kept = {p.name for p in self.directory.iterdir() if p.is_dir() and p.name.isdigit()}
         for old in self.directory.glob("*.sha256.json"):
             if old.name.split(".")[0] not in kept:
                 old.unlink(missing_ok=True)
+
+    def _save_local(self, step: int, stored, meta: dict) -> None:
+        """The save of one process among several: orbax's CheckpointManager (0.12) writes
+        the arrays of global jax.Arrays only, so this process's own arrays go through
+        orbax's msgpack serialisation into the same layout, with the same atomic protocol
+        (a temporary folder with the commit marker, renamed when complete)."""
+        tmp = self.directory / f"{step}{TMP_MARKER}-{time.time_ns()}"
+        (tmp / "state").mkdir(parents=True)
+        (tmp / "meta").mkdir()
+        arrays = {path: np.asarray(leaf) for path, leaf in _leaves(stored)}
+        for name, data in ((f"state/{LOCAL_FILE}", ocp.msgpack_utils.msgpack_serialize(arrays)),
+                           ("meta/metadata", json.dumps(meta).encode()),
+                           (COMMIT_MARKER, b"structsel local save")):
+            with open(tmp / name, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        os.rename(tmp, self.directory / str(step))
+        steps = sorted(int(p.name) for p in self.directory.iterdir()
+                       if p.is_dir() and p.name.isdigit())
+        for old in steps[:-self.keep]:
+            shutil.rmtree(self.directory / str(old))
 
     def _manifest(self, step: int) -> pathlib.Path:
         return self.directory / f"{step}.sha256.json"

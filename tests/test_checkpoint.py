@@ -184,3 +184,22 @@ def test_bad_arguments(tmp_path, kwargs, match):
         Checkpointer(tmp_path, **kwargs)
     with pytest.raises(ValueError, match="step must be an int >= 0, got -1"):
         Checkpointer(tmp_path, every=1, fingerprint={}).save(-1, {"a": np.zeros(1)})
+
+
+def test_save_of_one_process_among_several(tmp_path, monkeypatch):
+    # orbax 0.12 writes only global arrays with several processes: each process then saves
+    # its own arrays (orbax msgpack) in the same layout and protocol; oracle: the tree
+    tree = _tree()
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    fp = fingerprint({"lr": 0.1}, state=tree)
+    with Checkpointer(tmp_path, every=2, fingerprint=fp) as ck:
+        ck.save(2, tree)
+        ck.save(4, tree)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["4", "4.sha256.json"]
+    assert (tmp_path / "4" / "state" / "state.msgpack").is_file()
+    step, restored = _restore(tmp_path)
+    assert step == 4 and _same(restored, tree) and restored["temperature"].weak_type
+    data = tmp_path / "4" / "state" / "state.msgpack"
+    data.write_bytes(data.read_bytes()[:-7])
+    with pytest.raises(CheckpointError, match=f"corrupt checkpoint {data}: its SHA-256"):
+        _restore(tmp_path)
