@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import pathlib
+import zipfile
 from typing import NamedTuple
 
 import numpy as np
@@ -109,6 +110,8 @@ def make_dataset(x: np.ndarray, y: np.ndarray, *, name: str, seed: int = 0, task
     text = not np.issubdtype(y.dtype, np.number)
     if x.ndim != 2:
         raise DataError(f"features must be a 2-D table, got shape {x.shape}")
+    if x.shape[1] == 0:
+        raise DataError("features must have at least one column besides the target, got none")
     if y.shape != (x.shape[0],):
         raise DataError(f"target must have one value per row ({x.shape[0]}), got shape {y.shape}")
     if not np.all(np.isfinite(x)):
@@ -130,11 +133,15 @@ def make_dataset(x: np.ndarray, y: np.ndarray, *, name: str, seed: int = 0, task
     if task == "classification":
         ys, labels = encode_labels(y, classes)
         if len(labels) < 2:
-            raise DataError(f"classification needs at least 2 classes, got {len(labels)}")
+            raise DataError(f"classification needs at least 2 classes, got {len(labels)} "
+                            f"(the target is constant: {list(labels)})")
         num_classes, scale = len(labels), (0.0, 1.0)
     else:
         labels = None
         yf = y.astype(np.float64)
+        if np.all(yf == yf[0]):
+            raise DataError(f"regression needs a target that varies; the target is constant "
+                            f"({yf[0]:g} in every row)")
         mu, sd = float(yf[tr].mean()), float(yf[tr].std() or 1.0)
         ys, num_classes, scale = ((yf - mu) / sd).astype(np.float32), 0, (mu, sd)
     split = {"seed": int(seed), "train": len(tr), "val": len(va), "test": len(te)}
@@ -183,26 +190,53 @@ def read_table(path: str | pathlib.Path, *, target: str | None = None
     """Reads a CSV (header row) or .npz (arrays `x`, `y`) into features, target, names.
 
     For a CSV, `target` names the label column (default: the last column); a target
-    column with a value that is not a number is read as text labels (array of str).
+    column with a value that is not a number is read as text labels (array of str). The
+    CSV is UTF-8 (a byte-order mark is skipped) separated by ',' or, when its header row
+    holds more of them, ';', tab or '|'. Integer and float16 arrays of an .npz are
+    accepted (converted to float).
     """
     path = pathlib.Path(path)
+    if path.is_dir():
+        raise DataError(f"data file {path} is a directory; expected a .csv or .npz file")
     if not path.is_file():
         raise DataError(f"data file not found: {path}")
     if path.suffix == ".npz":
-        with np.load(path) as npz:
-            if "x" not in npz or "y" not in npz:
-                raise DataError(f"{path}: .npz needs arrays 'x' and 'y', has {sorted(npz.files)}")
-            x, y = npz["x"], npz["y"]
+        try:
+            with np.load(path) as npz:
+                if "x" not in npz or "y" not in npz:
+                    raise DataError(f"{path}: .npz needs arrays 'x' and 'y', has "
+                                    f"{sorted(npz.files)}")
+                x, y = npz["x"], npz["y"]
+        except (OSError, ValueError, zipfile.BadZipFile) as err:
+            if isinstance(err, DataError):
+                raise
+            raise DataError(f"{path}: cannot read it as an .npz archive ("
+                            f"{str(err).splitlines()[0][:80]})") from None
         if not np.issubdtype(x.dtype, np.number):
             raise DataError(f"{path}: features must be numeric, got dtype {x.dtype}")
         return x.reshape(len(x), -1), y, [f"x{i}" for i in range(int(np.prod(x.shape[1:])))]
     if path.suffix.lower() != ".csv":
         raise DataError(f"data file must be .csv or .npz, got {path.name}")
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            first = f.readline()
+            f.seek(0)
+            delimiter = max(_DELIMITERS, key=first.count)
+            rows = list(csv.reader(f, delimiter=delimiter if first.count(delimiter) else ","))
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not UTF-8 text (byte {err.start}); save it as UTF-8") from None
+    except OSError as err:
+        raise DataError(f"{path}: cannot read the data file ({err.strerror})") from None
     if len(rows) < 2:
         raise DataError(f"{path}: needs a header row and at least one data row")
     header, body = [h.strip() for h in rows[0]], rows[1:]
+    duplicated = sorted({h for h in header if header.count(h) > 1})
+    if duplicated:
+        raise DataError(f"{path}: column names must be unique; {duplicated} appear more than "
+                        "once (a target column repeated as a feature would leak the label)")
+    if len(header) < 2:
+        raise DataError(f"{path}: needs at least one feature column and a target column "
+                        f"separated by one of {list(_DELIMITERS)}; the header is {header}")
     target = target or header[-1]
     if target not in header:
         raise DataError(f"{path}: unknown target column {target!r}; columns are {header}")
@@ -230,6 +264,9 @@ def read_table(path: str | pathlib.Path, *, target: str | None = None
     return x, y, names
 
 
+_DELIMITERS = (",", ";", "\t", "|")
+
+
 def _is_float(value: str) -> bool:
     try:
         float(value)
@@ -242,8 +279,20 @@ def load_table(path: str | pathlib.Path, *, target: str | None = None, task: str
                seed: int = 0, **kwargs) -> Dataset:
     """A CSV/.npz file as a split, standardised Dataset (see `read_table`; `kwargs` go to
     `make_dataset`, e.g. `classes`)."""
-    x, y, _ = read_table(path, target=target)
-    return make_dataset(x, y, name=pathlib.Path(path).stem, seed=seed, task=task, **kwargs)
+    x, y, names = read_table(path, target=target)
+    csv_file = pathlib.Path(path).suffix.lower() == ".csv"
+    bad = ~np.isfinite(np.asarray(x, dtype=np.float64))
+    if bad.any():
+        cols = [names[j] for j in np.nonzero(bad.any(0))[0]]
+        row = int(np.nonzero(bad.any(1))[0][0])
+        raise DataError(f"{path}: feature column(s) {cols[:5]} contain NaN, inf or empty "
+                        f"values (first at {f'line {row + 2}' if csv_file else f'row {row}'})")
+    try:
+        return make_dataset(x, y, name=pathlib.Path(path).stem, seed=seed, task=task, **kwargs)
+    except DataError as err:
+        column = f"column {target!r}" if target else ("the last column" if csv_file
+                                                      else "array 'y'")
+        raise DataError(f"{path} (target: {column}): {err}") from None
 
 
 def load(name: str, *, seed: int = 0, **kwargs) -> Dataset:

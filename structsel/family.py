@@ -6,8 +6,9 @@
 
 `Family` is a frozen, hashable dataclass (static structure); `init` / `apply` are pure.
 Vertices are numbered in topological order: every edge must satisfy src < dst, which
-rules out cycles, and every vertex v >= 1 needs an incoming edge, which makes every
-vertex reachable from the input vertex 0.
+rules out cycles, every vertex v >= 1 needs an incoming edge, which makes every
+vertex reachable from the input vertex 0, and every other vertex an outgoing edge, which
+makes the output reachable from every vertex (no dangling vertices).
 
 `export_structure` turns a binary gamma (a vertex of the cube or simplex) into a JSON
 dict of the discrete model; `discrete_model` rebuilds that model as a stand-alone Family
@@ -22,11 +23,12 @@ import operator
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from structsel import basis
+from structsel import basis, distributions
 from structsel.basis import BasisSpec
 
 __all__ = [
@@ -118,6 +120,11 @@ class Family:
         for v in range(1, v_count):
             if not self.in_edges[v]:
                 raise ValueError(f"vertex {v} has no incoming edge, so it is unreachable from vertex 0")
+        sources = {edge.src for edge in self.edges}
+        for v in range(v_count - 1):
+            if v not in sources:
+                raise ValueError(f"vertex {v} has no outgoing edge, so it is dangling: it does not "
+                                 f"reach the output vertex {v_count - 1}")
 
     # ------------------------------------------------------------------ structure
     @property
@@ -212,6 +219,12 @@ class Family:
                 edge = self.edges[e]
                 raise ValueError(f"gamma[{e}] for edge {e} ({edge.src}->{edge.dst}) has shape "
                                  f"{jnp.shape(g)}, expected ({k},)")
+        concrete = distributions.concrete_or_none(*gamma)
+        if concrete is not None:
+            for e, g in enumerate(concrete):
+                if not np.all(np.isfinite(g)):
+                    raise ValueError(f"gamma[{e}] must be finite (allowed: the cube [0, 1]^K), "
+                                     f"got {g}")
 
     def apply(self, weights, gamma, x) -> jax.Array:
         """f(w, x) = f_{|V|-1} with f_v = agg_v({sum_l gamma^{j,v}_l g^{j,v}_l(f_j)}); any gamma in the cube."""
@@ -258,7 +271,16 @@ class Family:
             raise ValueError(f"weights must have one entry per edge ({self.num_edges}), got {len(weights)}")
         f = [x]
         for v in range(1, self.num_vertices):
-            outs = [edge_fn(e, f[self.edges[e].src]) for e in self.in_edges[v]]
+            outs = []
+            for e in self.in_edges[v]:
+                try:
+                    outs.append(edge_fn(e, f[self.edges[e].src]))
+                except flax.errors.ScopeParamShapeError:
+                    edge = self.edges[e]
+                    raise ValueError(
+                        f"weights of edge {e} ({edge.src}->{edge.dst}) do not fit its input of "
+                        f"shape {jnp.shape(f[edge.src])} (x of shape {jnp.shape(x)}): they were "
+                        "initialised for inputs with another number of features") from None
             f.append(AGGREGATIONS[self.aggregation[v - 1]].combine(outs))
         return f[-1]
 
@@ -402,10 +424,32 @@ def export_structure(fam: Family, gamma) -> dict[str, Any]:
     }
 
 
+def _check_structure_dict(structure: dict) -> None:
+    """The keys and types of an export_structure dict (ValueError naming the bad entry)."""
+    def is_int(v):
+        return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+    for key, check, what in (("num_vertices", is_int, "an int"),
+                             ("aggregation", lambda v: isinstance(v, list | tuple), "a list"),
+                             ("edges", lambda v: isinstance(v, list | tuple), "a list")):
+        if not check(structure.get(key)):
+            raise ValueError(f"structure {key!r} must be {what}, got {structure.get(key)!r}")
+    for i, item in enumerate(structure["edges"]):
+        if not (isinstance(item, dict) and all(is_int(item.get(k)) for k in ("edge", "src", "dst"))
+                and isinstance(item.get("ops"), list | tuple)):
+            raise ValueError(f"structure edges[{i}] must be an object with int 'edge', 'src', "
+                             f"'dst' and a list 'ops', got {item!r}")
+        for j, op in enumerate(item["ops"]):
+            if not (isinstance(op, dict) and "spec" in op and "index" in op
+                    and (op["index"] is None or is_int(op["index"]))):
+                raise ValueError(f"structure edges[{i}].ops[{j}] must be an object with 'spec' "
+                                 f"and an int (or null) 'index', got {op!r}")
+
+
 def discrete_model(fam: Family, structure: dict) -> tuple[Family, Callable]:
     """(discrete Family, select) with sub.apply(select(w), sub.ones_gamma(), x) = fam.apply(w, gamma, x)."""
     if not isinstance(structure, dict) or structure.get("format") != "structsel.structure/1":
         raise ValueError("structure must be a dict from export_structure (format 'structsel.structure/1')")
+    _check_structure_dict(structure)
     edges, picks = [], []
     for item in structure["edges"]:
         e = int(item["edge"])
@@ -414,6 +458,9 @@ def discrete_model(fam: Family, structure: dict) -> tuple[Family, Callable]:
         ops = []
         for op in item["ops"]:
             spec = basis.from_dict(op["spec"])
+            if op["index"] is not None and not 0 <= op["index"] < fam.num_ops[e]:
+                raise ValueError(f"structure edge {e} op index {op['index']} is out of range: the "
+                                 f"family's edge {e} has {fam.num_ops[e]} ops")
             if op["index"] is not None and fam.edges[e].ops[op["index"]] != spec:
                 raise ValueError(f"structure edge {e} op {op['index']} is {spec.label}, but the family "
                                  f"has {fam.edges[e].ops[op['index']].label}")

@@ -57,6 +57,11 @@ def _check_k(k) -> None:
         raise ValueError(f"K (the number of ops on an edge) must be an int >= 1; got {k!r}")
 
 
+def _check_temperature(temperature) -> None:
+    distributions.check_positive("temperature", temperature)
+    distributions.check_finite("temperature", temperature)
+
+
 # ------------------------------------------------------------------------ relaxations
 class Relaxation(abc.ABC):
     """Protocol of a relaxation: theta (num_params(K),) -> gamma (K,) in `domain`."""
@@ -152,7 +157,7 @@ class GumbelSoftmax(Relaxation):
         return 0 if k == 1 else k
 
     def _mean(self, theta, temperature):
-        distributions.check_positive("temperature", temperature)
+        _check_temperature(temperature)
         return jax.nn.softmax(theta / temperature, axis=-1)
 
     def _distribution(self, theta, temperature):
@@ -171,6 +176,7 @@ class Dirichlet(Relaxation):
         return 0 if k == 1 else k
 
     def _mean(self, theta, temperature):
+        _check_temperature(temperature)
         return jax.nn.softmax(theta, axis=-1)
 
     def _distribution(self, theta, temperature):
@@ -200,11 +206,12 @@ class LogitNormal(Relaxation):
 
     def _mean(self, theta, temperature):
         loc, _ = self._split(theta)
-        distributions.check_positive("temperature", temperature)
+        _check_temperature(temperature)
         return tfp.bijectors.SoftmaxCentered().forward(loc / temperature)
 
     def _distribution(self, theta, temperature):
         loc, log_scale = self._split(theta)
+        _check_temperature(temperature)
         return distributions.logit_normal(loc / temperature, jnp.exp(log_scale) / temperature)
 
 
