@@ -226,6 +226,7 @@ def gumbel_softmax(logits, temperature) -> Concrete:
     _check_event("logits", logits)
     check_finite("logits", logits)
     check_positive("temperature", temperature)
+    check_finite("temperature", temperature)
     return Concrete(logits, temperature)
 
 
