@@ -14,7 +14,9 @@ can be swapped without touching the hypergradient methods.
 
 All three stop on the relative residual ||b - (H + ridge I) v|| <= tol ||b|| or after
 ``maxiter`` iterations (for GMRES: ``maxiter`` restarts of a ``restart``-dimensional
-Krylov space, the jax.scipy convention).
+Krylov space, the jax.scipy convention). A diverging Neumann series (residual above
+2 ||b||, impossible when it converges) returns NaN rather than a finite wrong vector, so
+that the bilevel trainer reports a non-finite hypergradient at that step.
 """
 from __future__ import annotations
 
@@ -60,7 +62,9 @@ def solve_neumann(matvec: MatVec, b: Pytree, *, maxiter: int, tol: float, ridge:
 
     Converges to A^{-1} b iff 0 < lr < 2 / lambda_max(A) and A is positive definite.
     Since A v_K = b - (I - lr A)^{K+1} b, the next term p_{K+1} is exactly the residual,
-    so the tolerance test costs nothing extra.
+    so the tolerance test costs nothing extra. When it converges ||I - lr A|| < 1 (A is
+    symmetric), so the residual never grows; once it exceeds 2 ||b|| the series diverges
+    (lr >= 2 / lambda_max or an indefinite A) and the result is NaN.
     """
     b_norm = optax.tree.norm(b)
     threshold = tol * b_norm
@@ -69,7 +73,7 @@ def solve_neumann(matvec: MatVec, b: Pytree, *, maxiter: int, tol: float, ridge:
         return optax.tree.add_scale(matvec(u), ridge, u) if ridge > 0 else matvec(u)
 
     def cond(s: _NeumannState):
-        return (s.k <= maxiter) & (s.res_norm > threshold)
+        return (s.k <= maxiter) & (s.res_norm > threshold) & (s.res_norm <= 2 * b_norm)
 
     def body(s: _NeumannState) -> _NeumannState:
         v = optax.tree.add_scale(s.v, lr, s.p)
@@ -77,7 +81,8 @@ def solve_neumann(matvec: MatVec, b: Pytree, *, maxiter: int, tol: float, ridge:
         return _NeumannState(s.k + 1, v, p, optax.tree.norm(p))
 
     init = _NeumannState(jnp.asarray(0), optax.tree.zeros_like(b), b, b_norm)
-    return jax.lax.while_loop(cond, body, init).v
+    out = jax.lax.while_loop(cond, body, init)
+    return jax.tree.map(lambda v: jnp.where(out.res_norm <= 2 * b_norm, v, jnp.nan), out.v)
 
 
 # name -> (solver, names of the extra keyword options it takes beyond maxiter/tol/ridge)

@@ -212,8 +212,16 @@ class LogitNormal(distrax.Transformed):
         return 0.5 * jnp.log(jnp.asarray(self.loc.shape[-1] + 1, self.loc.dtype))
 
     def log_prob(self, value):
-        """log p(gamma) w.r.t. the Lebesgue measure of (gamma_1, ..., gamma_{K-1})."""
-        return super().log_prob(value) + self._measure_correction()
+        """log p(gamma) w.r.t. the Lebesgue measure of (gamma_1, ..., gamma_{K-1}).
+
+        = log N(x | loc, scale) - sum_{l=1}^{K} log gamma_l with x_l = log gamma_l - log
+        gamma_K (the inverse of SoftmaxCentered), evaluated from log max(gamma, tiny) like
+        GS and Dirichlet: at large scales float32 draws have exact zeros, where the
+        bijector's inverse gave NaN.
+        """
+        log_value = _log_floor(jnp.asarray(value, self.loc.dtype))
+        x = log_value[..., :-1] - log_value[..., -1:]
+        return self.distribution.log_prob(x) - jnp.sum(log_value, axis=-1)
 
     def _sample_n_and_log_prob(self, key, n: int):
         value, log_prob = super()._sample_n_and_log_prob(key, n)

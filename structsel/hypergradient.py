@@ -266,7 +266,27 @@ def hypergradient(inner_loss: Loss, outer_loss: Loss, params: Pytree, hparams: P
 
     Returns:
       A pytree shaped like ``hparams``.
+
+    Raises:
+      FloatingPointError: called outside jit, if the result is not finite (e.g. a Neumann
+        series that diverged on an indefinite Hessian returns NaN).
     """
     strategy = get_method(method, **options)
-    return strategy(inner_loss, outer_loss, params, hparams, tuple(inner_args),
-                    tuple(outer_args))
+    out = strategy(inner_loss, outer_loss, params, hparams, tuple(inner_args),
+                   tuple(outer_args))
+    _raise_if_not_finite(out, strategy)
+    return out
+
+
+def _raise_if_not_finite(value: Pytree, strategy) -> None:
+    """Called eagerly: FloatingPointError naming the method if the hypergradient is NaN/inf.
+    Traced (under jit) nothing can be raised: the bilevel trainer checks it and names the
+    outer step (`structsel.bilevel.DivergenceError`)."""
+    leaves = jax.tree.leaves(value)
+    if any(isinstance(x, jax.core.Tracer) for x in leaves):
+        return
+    if not all(bool(jnp.all(jnp.isfinite(x))) for x in leaves):
+        raise FloatingPointError(
+            f"hypergradient with {strategy!r} is not finite: the inner Hessian is singular or "
+            "indefinite at these params, or the Neumann lr is >= 2 / lambda_max (the series "
+            "diverged); try method 'gmres', a ridge > 0 or a smaller lr")
