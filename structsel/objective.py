@@ -58,7 +58,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from structsel.distributions import kl_divergence
+from structsel.distributions import concrete_or_none, kl_divergence
 from structsel.family import Family
 from structsel.structure import GumbelSoftmax, Relaxation, mean_structure, sample_structure
 from structsel.variational import (init_posterior, inv_gamma_log_prior,
@@ -120,11 +120,12 @@ def _check_float(name: str, value: Any, *, minimum: float | None = None,
 
 
 def _check_coefficients(c: Any, name: str = "coefficients") -> Coefficients:
-    """Validated Coefficients of Python floats (finite; lambda_struct may be negative)."""
+    """Validated Coefficients of Python floats (finite; lik_q, prior_q, prior_l >= 0;
+    lambda_struct may be negative: attract or repel)."""
     if not isinstance(c, tuple) or len(c) != 4:
         raise ValueError(f"{name} must be a Coefficients(lik_q, prior_q, prior_l, struct), "
                          f"got {c!r}")
-    return Coefficients(*(_check_float(f"{name}.{n}", v) for n, v in
+    return Coefficients(*(_check_float(f"{name}.{n}", v, minimum=0.0) for n, v in
                           zip(Coefficients._fields[:3], c[:3])),
                         tuple(_check_float(f"{name}.struct", v) for v in c[3]))
 
@@ -188,6 +189,10 @@ class _Gaussian:
         return {"log_noise": jnp.zeros((), dtype)} if self.noise_std is None else {}
 
     def log_prob(self, out, y, hparams):
+        if jnp.size(y) != out.size:
+            raise ValueError(f"target y of shape {jnp.shape(y)} does not match the model output "
+                             f"of shape {out.shape}: the readout must give one output per "
+                             "target value")
         y = jnp.reshape(y, out.shape)
         std = jnp.exp(hparams["log_noise"]) if self.noise_std is None else self.noise_std
         lp = distrax.Normal(out, std).log_prob(y)
@@ -202,6 +207,18 @@ class _Categorical:
         return {}
 
     def log_prob(self, out, y, hparams):
+        if not jnp.issubdtype(jnp.result_type(y), jnp.integer):
+            raise ValueError(f"labels y must be integer class indices 0..C-1, got dtype "
+                             f"{jnp.result_type(y)}")
+        if jnp.shape(y) != out.shape[:-1]:
+            raise ValueError(f"labels y of shape {jnp.shape(y)} do not match the model output "
+                             f"of shape {out.shape} (one label per row)")
+        concrete = concrete_or_none(y)
+        if concrete is not None and concrete[0].size and not (
+                0 <= concrete[0].min() and concrete[0].max() < out.shape[-1]):
+            raise ValueError(f"labels y must lie in 0..{out.shape[-1] - 1} (the readout has "
+                             f"{out.shape[-1]} outputs), got labels {concrete[0].min()}.."
+                             f"{concrete[0].max()}")
         return -optax.softmax_cross_entropy_with_integer_labels(out, y)
 
 
