@@ -71,7 +71,10 @@ def parse(config_cls: type[C], argv: Sequence[str] | None = None, *, name: str,
         if "seed" not in fields:
             p.error("this experiment has no seed field")
         updates["seed"] = args.seed
-    config = dataclasses.replace(config, **updates)
+    try:
+        config = dataclasses.replace(config, **updates)
+    except ValueError as err:  # the config's own checks (__post_init__): one line, exit 2
+        p.error(str(err))
     run = Run.create(args.workdir, config=config, seed=getattr(config, "seed", 0))
     return config, run, args
 

@@ -55,6 +55,16 @@ class Config:
     def smoke(cls) -> "Config":
         return cls(resolution=30, num_samples=300)
 
+    def __post_init__(self):
+        if len(self.s) != 3 or not all(0 < v < math.inf for v in self.s):
+            raise ValueError(f"s must hold 3 finite positive numbers (the 2-simplex); got {self.s}")
+        if not self.temperatures or not all(0 < t < math.inf for t in self.temperatures):
+            raise ValueError(f"temperatures must be finite numbers > 0; got {self.temperatures}")
+        for name in ("resolution", "num_samples"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 2:
+                raise ValueError(f"{name} must be an int >= 2, got {value!r}")
+
 
 def make_distributions(s, t):
     """(name, distribution) for GS(s, t), Dir(t s) and the tempered logit-normal."""
@@ -143,8 +153,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
     pre.add_argument("--out", default=None, help="also copy the PNG to this path")
     known, rest = pre.parse_known_args(argv)
     config, run, args = common.parse(Config, rest, name=NAME, description=__doc__)
-    if len(config.s) != 3 or min(config.s) <= 0:
-        raise ValueError(f"s must hold 3 positive numbers (the 2-simplex); got {config.s}")
     panels = draw(config, jax.random.key(config.seed))
     summary = {}
     for step, ((row, col), (name, samples, _)) in enumerate(sorted(panels.items())):

@@ -2,6 +2,12 @@
 every script end to end with --smoke (files, keys, figures, invariants of the numbers)."""
 
 import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -86,9 +92,21 @@ def test_submodel_mass():
     np.testing.assert_allclose(glm.submodel_mass(samples), [[0.5, 0.25, 0.25]])
 
 
-def test_glm_toy_smoke(tmp_path):
-    summary = glm_toy.main(["--smoke", "--workdir", str(tmp_path)])
+SMOKE = ["--smoke", "--checkpoint-every", "10"]   # checkpoints: for the resume test below
+
+
+@pytest.fixture(scope="module")
+def glm_smoke(tmp_path_factory):
+    """One uninterrupted glm_toy --smoke run (with checkpoints), shared by two tests."""
+    path = tmp_path_factory.mktemp("glm_toy")
+    return path, glm_toy.main(SMOKE + ["--workdir", str(path)])
+
+
+def test_glm_toy_smoke(glm_smoke):
+    tmp_path, summary = glm_smoke
     config, written = _record(tmp_path)
+    assert sorted(p.name for p in (tmp_path / "checkpoints" / "grid").iterdir()) \
+        == ["20", "20.sha256.json"]                         # keep = 1: the last one
     assert config["config"]["iterations"] == glm_toy.Config.smoke().iterations
     assert set(written) >= {"cells", "findings", "rho_at_lowest_temperature", "long",
                             "grid_divergence", "log_std_floor", "grid_seconds"}
@@ -151,3 +169,66 @@ def test_bad_config_is_rejected(tmp_path):
     with pytest.raises(ValueError, match="schedule"):
         enumeration_demo.main(["--smoke", "--workdir", str(tmp_path), "--set",
                                "schedule=[[1, 0]]"])
+
+
+_SLOW_DRIVER = """
+import sys, time
+import experiments.glm_toy as g
+make_runner = g.make_runner
+def slow_runner(*args, **kwargs):      # chunks after the first sleep: time to kill
+    run, calls = make_runner(*args, **kwargs), []
+    def chunk(*a):
+        out = run(*a)
+        calls.append(1)
+        if len(calls) > 1:
+            time.sleep(60)
+        return out
+    return chunk
+g.make_runner = slow_runner
+g.main(sys.argv[1:])
+"""
+
+
+def _without_timings(summary):
+    if isinstance(summary, dict):
+        return {k: _without_timings(v) for k, v in summary.items() if "seconds" not in k}
+    return summary
+
+
+def test_sigkilled_glm_toy_resumes_identically(glm_smoke, tmp_path):
+    """glm_toy --smoke with checkpoints every chunk, SIGKILLed after the first checkpoint,
+    then rerun with --resume: summary and metrics equal the uninterrupted run's (the
+    oracle; bitwise, since the same compiled chunks see the same states)."""
+    reference, _ = glm_smoke
+    repo = pathlib.Path(__file__).resolve().parent.parent
+    args = SMOKE
+    work = tmp_path / "killed"
+    env = dict(os.environ, PYTHONPATH=str(repo), MPLBACKEND="Agg",
+               JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir or "",
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5",
+               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+    log = tmp_path / "killed.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-c", _SLOW_DRIVER, *args, "--workdir",
+                                 str(work)], cwd=repo, env=env, stdout=out, stderr=out)
+    marker = work / "checkpoints" / "grid" / "10.sha256.json"   # written after step 10's save
+    try:
+        deadline = time.monotonic() + 300
+        while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert marker.exists(), log.read_text()[-2000:]
+        proc.send_signal(signal.SIGKILL)           # mid-run: chunk 2 of the grid is running
+        assert proc.wait(timeout=60) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert sorted(p.name for p in (work / "checkpoints" / "grid").iterdir() if p.is_dir()) \
+        == ["10"]
+    assert not (work / "summary.json").exists()
+    glm_toy.main(args + ["--workdir", str(work), "--resume"])
+    summaries = [json.loads((d / "summary.json").read_text()) for d in (reference, work)]
+    assert _without_timings(summaries[1]) == _without_timings(summaries[0])
+    assert (work / "metrics.jsonl").read_text() == (reference / "metrics.jsonl").read_text()
+    assert sorted(p.name for p in (work / "checkpoints" / "grid").iterdir() if p.is_dir()) \
+        == ["20"]

@@ -158,3 +158,4 @@ def test_bad_arguments_and_foreign_checkpoint(tmp_path):
         with pytest.raises(CheckpointError, match="step 2 is not a multiple of chunk \\(4\\)"):
             run_chunks(run, state, num_steps=8, chunk=4, checkpointer=Checkpointer(
                 tmp_path / "c", every=4, fingerprint={}), progress=False)
+
