@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import pathlib
 import sys
 
 from structsel.bilevel import DivergenceError
@@ -217,11 +218,25 @@ def _compilation_cache() -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
+def _check_output_paths(args) -> None:
+    """--workdir and the folder of --out must be (or become) directories: no file in the way."""
+    paths = [("--workdir", getattr(args, "workdir", None), False),
+             ("--out", getattr(args, "out", None), True)]
+    for flag, path, is_file in paths:
+        if path is None:
+            continue
+        path = pathlib.Path(path)
+        for folder in (path.parents if is_file else (path, *path.parents)):
+            if folder.exists() and not folder.is_dir():
+                raise ValueError(f"{flag} {path}: {folder} is a file, not a directory")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `structsel` console script; returns the exit code."""
     args = build_parser().parse_args(argv)
     _compilation_cache()
     try:
+        _check_output_paths(args)
         return args.func(args)
     except (DataError, ValueError, FileNotFoundError) as err:
         # Bad data and bad arguments are validated before anything is traced; report them
