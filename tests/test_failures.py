@@ -163,6 +163,15 @@ def test_full_disk_through_the_cli_is_one_line(tmp_path, capsys, monkeypatch):
     assert not (workdir / "summary.json").exists() and not list(workdir.glob(".*.tmp"))
     assert runs.read_status(workdir)["state"] == "running"  # the disk stayed full: unchanged
 
+    # Disk freed, the same command again in the same workdir: it finishes, with the same
+    # numbers as the failed run wrote (same seed, same numbers).
+    before = {name: (workdir / name).read_bytes() for name in ("metrics.jsonl", "front.json",
+                                                               "structure.json")}
+    assert cli.main([*SEARCH, "--method", "random", "--workdir", str(workdir)]) == 0
+    assert runs.read_status(workdir)["state"] == "complete"
+    assert json.loads((workdir / "summary.json").read_text())["method"] == "random"
+    assert {name: (workdir / name).read_bytes() for name in before} == before
+
 
 def test_a_new_run_removes_an_earlier_summary(tmp_path):
     first = runs.Run.create(tmp_path, config={}, seed=0)

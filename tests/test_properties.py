@@ -65,7 +65,7 @@ def _gamma(draw, k: int, domain: str) -> np.ndarray:
     return inside if domain == "cube interior" else inside / inside.sum()
 
 
-@settings(max_examples=20, **SETTINGS)
+@settings(max_examples=15, **SETTINGS)
 @given(fam=families(), domain=st.sampled_from(DOMAINS), seed=st.integers(0, 2**16),
        data=st.data())
 def test_supernet_outputs_are_finite_and_vertices_match_their_exported_model(
@@ -89,7 +89,7 @@ def test_supernet_outputs_are_finite_and_vertices_match_their_exported_model(
                                    rtol=1e-6, atol=1e-6)
 
 
-@settings(max_examples=40, **SETTINGS)
+@settings(max_examples=25, **SETTINGS)
 @given(fam=families(), domain=st.sampled_from(DOMAINS), data=st.data())
 def test_discretisation_is_the_identity_on_vertices_and_lands_on_one(fam, domain, data):
     gamma = tuple(_gamma(data.draw, k, domain) for k in fam.num_ops)
@@ -129,7 +129,7 @@ def _draws_and_densities(logits, temperature, concentration, loc, scale, key):
     return out
 
 
-@settings(max_examples=30, **SETTINGS)
+@settings(max_examples=20, **SETTINGS)
 @given(logits=vectors(-10, 10), temperature=log_uniform(0.05, 1e2),
        concentration=st.lists(log_uniform(0.05, 1e4), min_size=K, max_size=K),
        loc=st.lists(st.floats(-10, 10), min_size=K - 1, max_size=K - 1),
@@ -156,7 +156,7 @@ def _closed_form_kls(cq, cp, temperature, loc_q, scale_q, loc_p, scale_p, mu, ls
             gaussian_kl(mu, ls_q, ls_p))
 
 
-@settings(max_examples=40, **SETTINGS)
+@settings(max_examples=30, **SETTINGS)
 @given(cq=st.lists(log_uniform(0.05, 1e3), min_size=K, max_size=K),
        cp=st.lists(log_uniform(0.05, 1e3), min_size=K, max_size=K),
        temperature=log_uniform(0.05, 1e2),
@@ -206,7 +206,7 @@ def _both(w, h, a, b, c, cm, t, d):
             hypergradient(_inner, _outer, w, h, method="cg", maxiter=4 * N, tol=1e-12, **kw))
 
 
-@settings(max_examples=25, **SETTINGS)
+@settings(max_examples=15, **SETTINGS)
 @given(seed=st.integers(0, 2**31 - 1), log_cond=st.floats(0.0, 3.0),
        scale=log_uniform(1e-2, 1e2))
 def test_exact_and_cg_hypergradients_agree_on_strongly_convex_quadratics(seed, log_cond, scale):
