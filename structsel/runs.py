@@ -113,12 +113,14 @@ def write_atomic(path: str | pathlib.Path, text: str) -> pathlib.Path:
         os.close(fd)
         fd = None
         os.replace(tmp, path)
-    except OSError as err:
-        if fd is not None:
-            os.close(fd)
+    except BaseException as err:  # also an interrupt: no temporary file is left behind
         with contextlib.suppress(OSError):
+            if fd is not None:
+                os.close(fd)
             os.unlink(tmp)
-        raise _write_error(path, err) from err
+        if isinstance(err, OSError):
+            raise _write_error(path, err) from err
+        raise
     return path
 
 
