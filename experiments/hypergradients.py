@@ -99,7 +99,8 @@ class Config:
             raise ValueError(f"num_checkpoints must be >= 1 and divide outer_steps "
                              f"({self.outer_steps}), got {self.num_checkpoints}")
         every, chunk = self.checkpoint_every, self.outer_steps // self.num_checkpoints
-        if isinstance(every, bool) or not isinstance(every, int) or every < 0 or every % chunk:
+        if isinstance(every, bool) or not isinstance(every, int) or every < 0 \
+                or every % chunk:
             raise ValueError(f"checkpoint_every must be 0 or a multiple of outer_steps / "
                              f"num_checkpoints ({chunk}), got {every!r}")
         for act in self.activations:

@@ -242,9 +242,11 @@ class Checkpointer:
             meta = json.loads(path.read_text())
         except (OSError, ValueError) as err:
             raise CheckpointError(f"corrupt checkpoint {path}: {err}") from err
-        if not isinstance(meta, dict) or {"step", "fingerprint", "structure", "sha256"} - set(meta):
+        missing = {"step", "fingerprint", "structure", "sha256"} - set(
+            meta if isinstance(meta, dict) else ())
+        if missing:
             raise CheckpointError(f"corrupt checkpoint {path}: not a structsel checkpoint "
-                                  f"record (keys {sorted(meta) if isinstance(meta, dict) else meta})")
+                                  f"record (it lacks {sorted(missing)})")
         if meta["step"] != step:
             raise CheckpointError(f"corrupt checkpoint {path}: records step {meta['step']} "
                                   f"in the folder of step {step}")
