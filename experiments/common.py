@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import pathlib
 import shutil
@@ -99,6 +100,29 @@ def checkpointer(run: Run, args: argparse.Namespace, config: Any, phase: str, *,
         print(f"--resume: no checkpoint in {directory}; {phase} starts at step 0",
               file=sys.stderr)
     return ckpt
+
+
+def check_fields(config: Any, *, ints: Sequence[str] = (), positive: Sequence[str] = (),
+                 nonnegative: Sequence[str] = (), positive_tuples: Sequence[str] = ()) -> None:
+    """Config checks for `__post_init__`: ValueError naming the first field that is not an
+    int >= 1 (`ints`), a finite number > 0 (`positive`) or >= 0 (`nonnegative`), or a
+    non-empty tuple of finite numbers > 0 (`positive_tuples`)."""
+    def number(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    for name in ints:
+        v = getattr(config, name)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+    for names, ok, what in ((positive, lambda v: number(v) and v > 0, "a finite number > 0"),
+                            (nonnegative, lambda v: number(v) and v >= 0,
+                             "a finite number >= 0")):
+        for name in names:
+            if not ok(getattr(config, name)):
+                raise ValueError(f"{name} must be {what}, got {getattr(config, name)!r}")
+    for name in positive_tuples:
+        v = getattr(config, name)
+        if not (isinstance(v, tuple) and v and all(number(t) and t > 0 for t in v)):
+            raise ValueError(f"{name} must be a non-empty tuple of finite numbers > 0, got {v!r}")
 
 
 def save_figure(fig, run: Run, filename: str, args: argparse.Namespace) -> pathlib.Path:

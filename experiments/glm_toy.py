@@ -79,6 +79,17 @@ class Config:
                    chunk=10, fast_compile=True)
 
     def __post_init__(self):
+        from experiments.common import check_fields
+        check_fields(self, ints=("num_objects", "num_features", "restarts", "iterations",
+                                 "num_samples", "long_iterations", "hist_samples", "chunk"),
+                     positive=("lr", "noise_std"), nonnegative=("noise", "warmup"),
+                     positive_tuples=("temperatures",))
+        for row in self.settings:
+            if not (isinstance(row, tuple) and len(row) == 3 and all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < np.inf
+                    for v in row)):
+                raise ValueError(f"settings must hold (lambda_lik^Q, lambda_prior^Q, "
+                                 f"lambda_prior^L) rows of finite numbers >= 0, got {row!r}")
         every = self.checkpoint_every
         if isinstance(every, bool) or not isinstance(every, int) or every < 0 or every % self.chunk:
             raise ValueError(f"checkpoint_every must be 0 or a multiple of chunk ({self.chunk}), "
