@@ -652,12 +652,12 @@ def test_supported_integer_and_float16_arrays(dtype, tmp_path):
     ds = data.load_table(tmp_path / "d.npz")
     assert ds.x_train.dtype == np.float32 and np.all(np.isfinite(ds.x_train))
     xj = jnp.asarray(x)
-    out = TWO_OPS.apply(TWO_OPS.init(KEY, xj), TWO_OPS.ones_gamma(), xj)
+    out = jax.jit(TWO_OPS.apply)(TWO_OPS.init(KEY, xj), TWO_OPS.ones_gamma(), xj)
     assert out.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(out)))
-    o = obj.Objective(TWO_OPS, "categorical")
+    o = _objective("categorical")
     params, hparams = o.init(KEY, xj)
     assert jax.tree.leaves(params)[0].dtype == (jnp.float16 if dtype == np.float16 else jnp.float32)
-    loss = o.inner_loss(params, hparams, (xj, jnp.arange(30) % 2), obj.Context.create(KEY))
+    loss = jax.jit(o.inner_loss)(params, hparams, (xj, jnp.arange(30) % 2), obj.Context.create(KEY))
     assert bool(jnp.isfinite(loss))
 
 
