@@ -11,6 +11,7 @@ chunk (`train`, on `structsel.loop.run_chunks`) without recompiling.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, NamedTuple, Sequence
 
 import jax
@@ -120,6 +121,16 @@ def make_runner(trainer: BilevelTrainer, chunk: int, *, fast_compile: bool = Fal
         return jax.vmap(lambda st, s: trainer.run(st, (x, y, s), (x, y, s), chunk))(
             states, settings)
     return jit(run, fast_compile)
+
+
+@functools.lru_cache(maxsize=4)
+def grid_program(objective: Objective, *, lr: float, warmup: int, chunk: int,
+                 fast_compile: bool = False):
+    """(trainer, jitted chunk runner) of the plain grid (no references, greedy), built once
+    per process for equal arguments: a rerun in the same process (a resumed run, a test)
+    reuses the traced and compiled chunk."""
+    trainer = make_trainer(objective, lr=lr, warmup=warmup)
+    return trainer, make_runner(trainer, chunk, fast_compile=fast_compile)
 
 
 def train(runner, states, settings, x, y, iterations: int, chunk: int, *, run_record=None,

@@ -37,8 +37,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments.common import Timer, checkpointer, parse, save_figure
-from experiments.glm import (LABELS, Setting, divergence_report, glm_objective, init_states,
-                             jit, make_runner, make_trainer, sample_q, stack_settings, train)
+from experiments.glm import (LABELS, Setting, divergence_report, glm_objective, grid_program,
+                             init_states, jit, sample_q, stack_settings, train)
 from experiments.glm import make_losses  # noqa: F401  (structsel/sweep_targets.py reads it here)
 from structsel.data import glm_toy
 from structsel.objective import Objective
@@ -145,8 +145,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
                    noise=cfg.noise)
     objective = glm_objective(cfg.num_features + 1, num_samples=cfg.num_samples,
                               log_std_floor=cfg.log_std_floor, noise_std=cfg.noise_std)
-    trainer = make_trainer(objective, lr=cfg.lr, warmup=cfg.warmup)
-    runner = make_runner(trainer, cfg.chunk, fast_compile=cfg.fast_compile)
+    trainer, runner = grid_program(objective, lr=cfg.lr, warmup=cfg.warmup, chunk=cfg.chunk,
+                                   fast_compile=cfg.fast_compile)
     key = jax.random.PRNGKey(cfg.seed)
     k_init, k_hist, k_fit = jax.random.split(key, 3)
     restart_keys = jax.random.split(k_init, cfg.restarts)

@@ -227,6 +227,8 @@ def read_table(path: str | pathlib.Path, *, target: str | None = None
         raise DataError(f"{path}: not UTF-8 text (byte {err.start}); save it as UTF-8") from None
     except OSError as err:
         raise DataError(f"{path}: cannot read the data file ({err.strerror})") from None
+    while rows and not any(v.strip() for v in rows[-1]):  # blank lines at the end
+        rows.pop()
     if len(rows) < 2:
         raise DataError(f"{path}: needs a header row and at least one data row")
     header, body = [h.strip() for h in rows[0]], rows[1:]

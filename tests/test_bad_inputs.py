@@ -360,6 +360,8 @@ DATA = [
     ("empty text label", _csv("a,b,label\n1,2,g\n3,4,\n" + _rows().replace(",0\n", ",h\n")), [],
      ["line 3", "target column 'label' is empty"]),
     ("ragged row", _csv(GOOD + "\n1,2"), [], ["line 32 has 2 fields, header has 3"]),
+    ("blank line in the middle", _csv(GOOD.replace("\n", "\n\n", 1)), [],
+     ["line 2 has 0 fields, header has 3"]),
     ("one column only", _csv("label\n" + "\n".join(str(i % 2) for i in range(30))), [],
      ["at least one feature column", "[',', ';', '\\t', '|']"]),
     ("not UTF-8", _csv(("a,b,label\n" + _rows() + "\n1,2,\xe9").encode("latin-1")), [],
@@ -605,10 +607,12 @@ def _same_table(a, b):
     pytest.param(GOOD.replace(",", ";"), {}, id="semicolon-separated"),
     pytest.param(GOOD.replace(",", "\t"), {}, id="tab-separated"),
     pytest.param("\ufeff" + GOOD, {"target": "label"}, id="UTF-8 with a byte-order mark"),
+    pytest.param(GOOD + "\n\n \n", {}, id="blank lines at the end"),
 ])
 def test_supported_csv_dialects_read_as_the_comma_file(text, kw, tmp_path):
     """SUPPORTED: ';', tab or '|' when the header row holds more of them than commas; a
-    byte-order mark is skipped (the first column keeps its name)."""
+    byte-order mark is skipped (the first column keeps its name); blank lines at the end
+    are ignored (one in the middle is a row with the wrong number of fields)."""
     (tmp_path / "comma.csv").write_text(GOOD)
     (tmp_path / "other.csv").write_text(text, encoding="utf-8")
     _same_table(data.read_table(tmp_path / "other.csv", **kw),

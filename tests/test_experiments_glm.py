@@ -174,17 +174,18 @@ def test_bad_config_is_rejected(tmp_path):
 _SLOW_DRIVER = """
 import sys, time
 import experiments.glm_toy as g
-make_runner = g.make_runner
-def slow_runner(*args, **kwargs):      # chunks after the first sleep: time to kill
-    run, calls = make_runner(*args, **kwargs), []
+grid_program = g.grid_program
+def slow_program(*args, **kwargs):    # chunks after the first sleep: time to kill
+    trainer, run = grid_program(*args, **kwargs)
+    calls = []
     def chunk(*a):
         out = run(*a)
         calls.append(1)
         if len(calls) > 1:
             time.sleep(60)
         return out
-    return chunk
-g.make_runner = slow_runner
+    return trainer, chunk
+g.grid_program = slow_program
 g.main(sys.argv[1:])
 """
 
