@@ -229,7 +229,29 @@ def _ms(values, scale=1.0):
     return float(v.mean()), float(v.std())
 
 
-def summarise(piece: dict) -> dict:
+def level_only(workdir: pathlib.Path, level: str) -> float | None:
+    """Test metric the default would have returned with q(Gamma) at one structure `level`
+    ("inner" / "outer") only: the two levels run as separate programs with the same keys and
+    every candidate is retrained with the same keys, so this is the candidate of that level
+    with the best ensemble validation metric (ties to fewer parameters), or the linear model
+    when it does not beat the linear model on validation (the fallback rule)."""
+    front_path, summary_path = workdir / "front.json", workdir / "summary.json"
+    if not (front_path.is_file() and summary_path.is_file()):
+        return None
+    front, summary = json.loads(front_path.read_text()), json.loads(summary_path.read_text())
+    sign = 1.0 if front["higher_is_better"] else -1.0
+    rows = [r for r in front["candidates"] if "ensemble_val" in r
+            and any(label.endswith(" " + level) for label in r["proposed_by"])]
+    if not rows:
+        return None
+    best = max(rows, key=lambda r: (sign * r["ensemble_val"], -r["params"]))
+    linear = summary["baselines"]["linear"]
+    if not sign * best["ensemble_val"] > sign * linear["val_metric"]:
+        return float(linear["test_metric"])
+    return float(best["ensemble_test"])
+
+
+def summarise(piece: dict, out: pathlib.Path = OUT) -> dict:
     rows = piece["rows"]
     cls = rows[0]["task"] == "classification"
     scale = 100.0 if cls else 1.0
@@ -255,6 +277,13 @@ def summarise(piece: dict) -> dict:
     res["selected"] = [",".join(r["selected"].values()) if isinstance(r["selected"], dict)
                        else str(r["selected"]) for r in rows]
     res["fallbacks"] = sum(r.get("model") == "linear" for r in rows)
+    if all(r.get("ensemble") for r in rows):  # the single models inside the ensembles
+        res["single"] = _ms([r["ensemble"]["test_metric_single"] for r in rows], scale)
+    for level in ("inner", "outer"):
+        only = [level_only(out / "runs" / f"{piece['dataset']}_{r['split_seed']}", level)
+                for r in rows]
+        if None not in only:
+            res[f"{level}_only"] = _ms(only, scale)
     res["method"], res["space"], res["budget"] = rows[0]["method"], rows[0]["space"], rows[0]["budget"]
     res["conditions"] = piece.get("conditions")
     return res
@@ -273,6 +302,17 @@ def markdown(results: list[dict], timing: dict | None) -> str:
                      f"{gap} ({r['best_sklearn']}) | {'met' if r['within_goal'] else 'NOT met'} | "
                      f"{'yes' if r['below_linear'] else 'no'} | {r['fallbacks']}/{r['seeds']} | "
                      f"{r['wall_cold_s']:.0f} / {warm} |")
+    if any("single" in r or "outer_only" in r for r in results):
+        lines += ["", "What the ensemble and the two structure levels contribute (same runs; "
+                      "'single': the mean of the single retrained models inside the returned "
+                      "ensemble; 'inner only' / 'outer only': what the default would have "
+                      "returned with q(Gamma) at that level alone, `level_only`):", "",
+                  "| dataset | structsel | single model | inner only | outer only |",
+                  "|---|---|---|---|---|"]
+        dash = lambda r, k: f(r[k]) if k in r else "-"  # noqa: E731
+        for r in results:
+            lines.append(f"| {r['dataset']} | {f(r['structsel'])} | {dash(r, 'single')} | "
+                         f"{dash(r, 'inner_only')} | {dash(r, 'outer_only')} |")
     lines.append("")
     lines.append("Selected structures (blocks 0->1, 1->2, 2->3) per split seed:")
     lines.append("")
@@ -289,7 +329,7 @@ def markdown(results: list[dict], timing: dict | None) -> str:
 
 
 def run_report(out: pathlib.Path, docs: pathlib.Path | None) -> str:
-    results = [summarise(json.loads((out / f"piece_{n}.json").read_text()))
+    results = [summarise(json.loads((out / f"piece_{n}.json").read_text()), out)
                for n in DATASETS if (out / f"piece_{n}.json").is_file()]
     timing_path = out / "timing_3000x60.json"
     timing = json.loads(timing_path.read_text()) if timing_path.is_file() else None
