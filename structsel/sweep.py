@@ -159,10 +159,17 @@ def _cell(value) -> str:
 def _write_rows(path: pathlib.Path, header: list[str], rows: list[dict]) -> None:
     """Appends rows (header first if the file is new), then flush + fsync."""
     new = not path.exists() or path.stat().st_size == 0
+    cut = False
+    if not new:
+        with open(path, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            cut = f.read(1) != b"\n"                 # a row cut by a kill mid-write
     with open(path, "a", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=header, extrasaction="ignore")
         if new:
             writer.writeheader()
+        if cut:
+            f.write("\r\n")
         writer.writerows({k: _cell(v) for k, v in r.items()} for r in rows)
         f.flush()
         os.fsync(f.fileno())
@@ -187,7 +194,7 @@ def read_rows(workdir) -> list[dict]:
             continue
         with open(path, newline="") as f:
             for row in csv.DictReader(f):
-                if row.get("run_id", "") == "" or row.get("status") is None:
+                if row.get("run_id", "") == "" or row.get("resumed_from") is None:
                     continue                     # a line cut by a kill mid-write
                 rid = int(row["run_id"])
                 if rid not in rows or row["status"] in FINISHED:

@@ -240,3 +240,15 @@ def test_two_processes_give_the_one_process_rows(full, tmp_path):
         _close(r, ref[("1.0", "0", r["seed"])])
     assert "2 of 2 runs finished" in outs[0][0]
     assert not list(workdir.glob("runs.p*.csv"))
+
+
+def test_a_row_cut_by_a_kill_is_ignored_and_appending_goes_on(tmp_path):
+    from structsel.sweep import _write_rows
+
+    header = ["run_id", "setting_id", "status", "resumed_from"]
+    _write_rows(tmp_path / "runs.csv", header, [{"run_id": 0, "setting_id": 0, "status": "ok"}])
+    with open(tmp_path / "runs.csv", "a") as f:
+        f.write("1,0,o")                                  # killed in the middle of a row
+    assert [r["run_id"] for r in read_rows(tmp_path)] == ["0"]
+    _write_rows(tmp_path / "runs.csv", header, [{"run_id": 1, "setting_id": 0, "status": "ok"}])
+    assert [(r["run_id"], r["status"]) for r in read_rows(tmp_path)] == [("0", "ok"), ("1", "ok")]
