@@ -12,6 +12,9 @@ restarts of a gradient search (darts1, conv1d3 x mnist1d, 5 restarts): one vmapp
 program against `lax.map` over the restarts (`Budget.batching`).
 
     python scripts/bench_enumeration.py [--quick] [--device cpu|gpu] [--out FILE]
+
+`--quick` (about a minute on an idle 2-core CPU, nearly all of it compilation): 4
+structures x 2 seeds x 20 steps on 1000 mnist1d samples, 2 repeats, no restarts table.
 """
 
 from __future__ import annotations
@@ -39,9 +42,10 @@ def measure(args, space_name: str, dataset: str, budget_name: str) -> dict:
 
     from structsel.search import enumeration, runner
 
-    structures, seeds, steps = _bench.pick(args, tiny=(2, 1, 5), quick=(8, 3, 50),
+    structures, seeds, steps = _bench.pick(args, tiny=(2, 1, 5), quick=(4, 2, 20),
                                            full=(16, 3, 100))
-    overrides = f",train_steps={steps}" + (",mnist1d_samples=400" if args.mode == "tiny" else "")
+    samples_n = _bench.pick(args, tiny=400, quick=1000, full=None)
+    overrides = f",train_steps={steps}" + (f",mnist1d_samples={samples_n}" if samples_n else "")
     budget = runner.parse_budget(budget_name + overrides)
     ds = runner.load_data(dataset=dataset, data=None, target=None, task=None, split_seed=0,
                           budget=budget)
@@ -76,7 +80,7 @@ def restarts(args) -> dict:
 
     from structsel.search import methods, runner
 
-    steps, samples_n = _bench.pick(args, tiny=(1, 400), quick=(2, 4000), full=(5, 4000))
+    steps, samples_n = _bench.pick(args, tiny=(1, 400), quick=None, full=(5, 4000))
     budget = runner.parse_budget(f"mnist1d,search_steps={steps},mnist1d_samples={samples_n}")
     ds = runner.load_data(dataset="mnist1d", data=None, target=None, task=None, split_seed=0,
                           budget=budget)
@@ -103,11 +107,15 @@ def restarts(args) -> dict:
 
 def main(argv=None) -> dict:
     args = _bench.parse(_bench.parser(__doc__.splitlines()[0]), argv)
-    if args.repeats > 3 and "--repeats" not in (argv if argv is not None else sys.argv):
-        args.repeats = 3  # each sample is a whole batch of trainings (up to a minute)
+    if "--repeats" not in (argv if argv is not None else sys.argv):
+        # each sample is a whole batch of trainings (up to a minute); --quick: about a
+        # minute in all on an idle 2-core CPU
+        args.repeats = min(args.repeats, 2 if args.mode == "quick" else 3)
     with _bench.on_device(args.device):
         rows = [measure(args, *case) for case in CASES]
-        search = restarts(args)
+        # --quick skips the restarts table: its two conv1d3 search programs compile for
+        # longer than everything else together (~2 min of a 2-core CPU)
+        search = None if args.mode == "quick" else restarts(args)
         info = _bench.machine(args.device)
     s = _bench.fmt_seconds
     print(_bench.table([{**r, "vmap_per_training_s": s(r["vmap_per_training_s"]),
@@ -118,12 +126,14 @@ def main(argv=None) -> dict:
                         "vmap_per_training_s", "map_per_training_s", "ratio_vmap_over_map",
                         "compile_vmap_s", "compile_map_s"],
                        title="one from-scratch training: vmapped supernet vs lax.map + switch"))
-    print()
-    print(_bench.table([{**search, "vmap_per_outer_step_s": s(search["vmap_per_outer_step_s"]),
-                         "map_per_outer_step_s": s(search["map_per_outer_step_s"])}],
-                       ["restarts", "outer_steps", "train_rows", "vmap_per_outer_step_s",
-                        "map_per_outer_step_s", "ratio_vmap_over_map"],
-                       title="darts1 search on conv1d3 x mnist1d: restarts vmapped vs lax.map"))
+    if search is not None:
+        print()
+        print(_bench.table([{**search, "vmap_per_outer_step_s": s(search["vmap_per_outer_step_s"]),
+                             "map_per_outer_step_s": s(search["map_per_outer_step_s"])}],
+                           ["restarts", "outer_steps", "train_rows", "vmap_per_outer_step_s",
+                            "map_per_outer_step_s", "ratio_vmap_over_map"],
+                           title="darts1 search on conv1d3 x mnist1d: restarts vmapped vs "
+                                 "lax.map"))
     result = {"benchmark": "enumeration", "mode": args.mode, "machine": info, "rows": rows,
               "restarts": search}
     _bench.write_json(args.out, result)
