@@ -245,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         print(f"structsel: error: {message}", file=sys.stderr)
         return 2
-    except (DivergenceError, RunWriteError) as err:  # a run that failed: status.json says so
+    except (DivergenceError, FloatingPointError, RunWriteError) as err:  # a run that failed
         print(f"structsel: error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
