@@ -184,9 +184,9 @@ def main(argv=None) -> dict:
     args = _bench.parse(p, argv)
     glm_sizes = _bench.pick(args, tiny=(1, 4), quick=(1, 128), full=(1, 8, 32, 128))
     search_sizes = _bench.pick(args, tiny=(2,), quick=(8,), full=(1, 8, 32, 128))
-    steps, chunk = _bench.pick(args, tiny=(20, 10), quick=(200, 100), full=(1000, 100))
+    steps, chunk = _bench.pick(args, tiny=(20, 10), quick=(100, 100), full=(1000, 100))
     repeats = _bench.pick(args, tiny=1, quick=2, full=3)
-    budget = _bench.pick(args, tiny="tiny", quick="tiny,search_steps=20,width=8",
+    budget = _bench.pick(args, tiny="tiny", quick="tiny,search_steps=10",
                          full="small,search_steps=60")
     ndev = len(jax.local_devices())
     glm, search = [], []
