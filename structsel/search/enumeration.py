@@ -247,16 +247,19 @@ def train_structure(family, task, config: TrainConfig, structure, data: Splits, 
     """Trains the discrete model at a vertex from scratch (w_0 ~ init(key)); its metrics.
 
     `structure`: the vertex as a one-hot Gamma or as a choice (see `forward`).
-    Returns {"train_loss", "val_metric", "test_metric"} (scalars), "stop_step" (the step
-    of the returned weights) with early stopping, and with `outputs` the model's outputs
-    "val_out" / "test_out" on the validation and test rows (for ensembles).
+    Returns {"train_loss", "val_metric", "test_metric"} (scalars), "diverged_at" (the
+    first step whose training loss is not finite, -1 if none: `check_diverged`),
+    "stop_step" (the step of the returned weights) with early stopping, and with `outputs`
+    the model's outputs "val_out" / "test_out" on the validation and test rows (ensembles).
     """
     k_init, k_batch = jax.random.split(key)
     weights = family.init(k_init, data.x_train[:1])
     weights, losses, stop = fit_with_stopping(family, task, config, structure, weights, data,
                                               key=k_batch)
     apply = forward(family, structure)
+    finite = jnp.isfinite(losses)
     out = {"train_loss": losses[-1],
+           "diverged_at": jnp.where(finite.all(), -1, jnp.argmin(finite)),
            "val_metric": task.metric(apply(weights, data.x_val), data.y_val),
            "test_metric": task.metric(apply(weights, data.x_test), data.y_test)}
     if config.eval_every:
@@ -265,6 +268,21 @@ def train_structure(family, task, config: TrainConfig, structure, data: Splits, 
         out["val_out"] = apply(weights, data.x_val)
         out["test_out"] = apply(weights, data.x_test)
     return out
+
+
+def check_diverged(scores: dict, labels: Sequence, learning_rate: float) -> None:
+    """FloatingPointError naming the first training of `scores` (arrays (structures, seeds)
+    from `train_structures`; labels: one per structure) whose loss became non-finite: its
+    metrics would be those of NaN weights (an accuracy of argmax over NaN), not a result."""
+    diverged = np.asarray(scores.get("diverged_at", -1))
+    if diverged.ndim != 2 or not (diverged >= 0).any():
+        return
+    i, seed = np.argwhere(diverged >= 0)[0]
+    raise FloatingPointError(
+        f"from-scratch training diverged: non-finite training loss at step {diverged[i, seed]} "
+        f"(structure {labels[i]}, seed {seed}; {int((diverged >= 0).sum())} of "
+        f"{diverged.size} trainings diverged); lower the budget's learning_rate "
+        f"(now {learning_rate:g})")
 
 
 def train_structures(family, task, config: TrainConfig, structures, data: Splits, *, keys,

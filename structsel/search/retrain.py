@@ -155,6 +155,8 @@ def run_retrain(*, structure, data=None, target=None, task=None, dataset=None, s
         splits = enumeration.splits_of(ds, space.prepare)
         keys = jax.random.split(runner.prng_key(seed), seeds)
         scores = train_discrete(sub, t, b.train, splits, keys=keys, outputs=b.ensemble)
+        enumeration.check_diverged({k: v[None] for k, v in scores.items()},
+                                   [kept_ops(record)], b.learning_rate)
         base = {"selected": kept_ops(record), "space": space.name,
                 "params": path_num_params(sub, splits.x_train),
                 "val_metric": float(scores["val_metric"].mean()),

@@ -343,7 +343,10 @@ class Evaluator:
             out = self._fn(outputs)(self.problem.space.vertex(padded), keys, self.problem.data)
             outs.append({k: np.asarray(v)[:len(part)] for k, v in out.items()})
         self.count += n * int(np.shape(keys)[0])
-        return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
+        scores = {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
+        enumeration.check_diverged(scores, [self.problem.space.selected(c) for c in choices],
+                                   self.problem.budget.learning_rate)
+        return scores
 
     def reward(self, choices, *, key) -> np.ndarray:
         """Validation reward of each structure (one seed): accuracy, or -RMSE."""
