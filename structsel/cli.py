@@ -71,8 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--space", help=f"search space: {', '.join(runner.space_names())} "
                                    f"(default: {spaces.space_for_dataset('mnist1d')} for "
                                    f"mnist1d, {spaces.space_for_dataset('table')} otherwise)")
-    s.add_argument("--method", default="bayes",
-                   help=f"search method: {', '.join(runner.method_names())} (default bayes)")
+    s.add_argument("--method", default=None,
+                   help=f"search method: {', '.join(runner.method_names())} (default bayes; "
+                        "bayes_inner, its inner structure level alone, on the tabular space)")
     s.add_argument("--relaxation", help="structure relaxation of the gradient methods "
                    f"({', '.join(runner.relaxation_names())}); default: the method's own")
     s.add_argument("--seeds", type=_positive_int, default=1,

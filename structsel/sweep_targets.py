@@ -351,7 +351,8 @@ class Search:
 
         keys = [Key("dataset", _choice("dataset", SKLEARN_SETS + ("mnist1d",)), "digits", True),
                 Key("space", _choice("space", runner.space_names(), none_ok=True), None, True),
-                Key("method", _choice("method", runner.method_names()), "bayes", True),
+                Key("method", _choice("method", runner.method_names(), none_ok=True), None,
+                    True, "search method (default: the space's, spaces.default_method)"),
                 Key("relaxation", _choice("relaxation", runner.relaxation_names(),
                                           none_ok=True), None, True),
                 Key("budget", _choice("budget", runner.budget_names(), none_ok=True), None,

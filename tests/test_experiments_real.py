@@ -112,11 +112,15 @@ def test_vae_elbo_terms_match_closed_forms():
     assert log_lik.shape == (5,)
 
 
-@pytest.mark.parametrize("module, override", [
-    (two_layer_digits, "method=\"newton\""),
-    (hypergradients, "methods=[\"greedy\", \"bogus\"]"),
-    (vae_ard, "steps=0"),
+@pytest.mark.parametrize("module, override, named", [
+    (two_layer_digits, "method=\"newton\"", "method must be one of"),
+    (hypergradients, "methods=[\"greedy\", \"bogus\"]", "methods must be"),
+    (vae_ard, "steps=0", "steps must be an int >= 1"),
 ])
-def test_bad_config_raises_value_error(tmp_path, module, override):
-    with pytest.raises(ValueError):
+def test_bad_config_is_one_line_and_exit_2(tmp_path, capsys, module, override, named):
+    # a refused --set value: one error line naming the field (common.parse), exit status 2
+    with pytest.raises(SystemExit) as exit_info:
         module.main(["--smoke", "--workdir", str(tmp_path), "--set", override])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert named in err and "Traceback" not in err

@@ -237,6 +237,10 @@ def test_early_stopping_ties_go_to_the_later_step():
 def test_tables_default_to_the_tabular_space_and_budget(tmp_path):
     cfg = runner.search_config(dataset="breast_cancer", workdir=str(tmp_path))
     assert cfg.space == "tabular" and cfg.budget.name == "tabular"
+    assert cfg.method == "bayes_inner"  # the space's default method (one structure level)
+    assert runner.search_config(dataset="mnist1d", workdir=str(tmp_path)).method == "bayes"
+    assert runner.search_config(dataset="wine", method="bayes").method == "bayes"
+    assert runner.search_config(dataset="wine").workdir == "results/search/wine_bayes_inner_0"
     assert cfg.budget.train.eval_every > 0 and cfg.budget.train.schedule == "cosine"
     assert runner.search_config(space="mlp3", workdir=str(tmp_path)).budget.name == "default"
     assert runner.search_config(dataset="mnist1d", workdir=str(tmp_path)).budget.name == "mnist1d"

@@ -222,7 +222,7 @@ class SearchConfig:
 
 
 def search_config(*, data=None, target=None, task=None, dataset=None, space=None,
-                  method="bayes", relaxation=None, seed=0, seeds=1, budget=None,
+                  method=None, relaxation=None, seed=0, seeds=1, budget=None,
                   workdir=None, split_seed=None, fallback=True,
                   gradient_boosting=True, kl_weights=None) -> SearchConfig:
     """Validated SearchConfig (ValueError / DataError naming the bad argument).
@@ -243,7 +243,7 @@ def search_config(*, data=None, target=None, task=None, dataset=None, space=None
             raise ValueError("--target applies to --data files only")
     else:
         dataset = pathlib.Path(data).stem
-    if method not in methods.METHODS:
+    if method is not None and method not in methods.METHODS:
         raise ValueError(f"method must be one of {list(methods.METHODS)}, got {method!r}")
     if relaxation is not None and relaxation not in methods.RELAXATIONS:
         raise ValueError(f"relaxation must be one of {list(methods.RELAXATIONS)}, "
@@ -251,6 +251,7 @@ def search_config(*, data=None, target=None, task=None, dataset=None, space=None
     space = space or spaces.space_for_dataset(dataset)
     if space not in spaces.SPACES:
         raise ValueError(f"space must be one of {sorted(spaces.SPACES)}, got {space!r}")
+    method = method or spaces.default_method(space)
     if not isinstance(seeds, int) or seeds < 1:
         raise ValueError(f"seeds must be an int >= 1, got {seeds!r}")
     split_seed = seed if split_seed is None else split_seed

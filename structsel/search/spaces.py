@@ -182,6 +182,18 @@ def build_space(name: str, *, num_outputs: int, width: int) -> Space:
     return SPACES[name](num_outputs=num_outputs, width=width)
 
 
+# The default search method per space (`default_method`). On the tabular space the
+# Bayesian path runs at the inner structure level only: on breast_cancer, wine, digits and
+# synth_interaction (3 split seeds each) it returned exactly what both levels returned, at half the
+# search's compilation and compute (docs/tables.md).
+DEFAULT_METHODS = {"tabular": "bayes_inner"}
+
+
+def default_method(space: str) -> str:
+    """The method `structsel search` runs when none is given: `bayes`, or the space's own."""
+    return DEFAULT_METHODS.get(space, "bayes")
+
+
 def space_for_dataset(dataset_name: str) -> str:
     """Default space: conv1d3 for the mnist1d sequences, tabular for tabular data."""
     return "conv1d3" if dataset_name == "mnist1d" else "tabular"
