@@ -64,6 +64,13 @@ def test_path_form_from_another_directory(relpath, tmp_path):
     assert not list(tmp_path.iterdir())  # --help writes nothing into the caller's directory
 
 
+def test_module_form_from_another_directory(tmp_path):
+    # `pip install -e .` installs the experiments package too (pyproject: packages.find)
+    out = _launch(["-m", "experiments.glm_toy", "--help"], cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("usage:") and "Traceback" not in out.stderr
+
+
 @pytest.mark.skipif(importlib.util.find_spec("torch") is not None
                     and importlib.util.find_spec("torchopt") is not None,
                     reason="the bench extra is installed here")
