@@ -181,7 +181,10 @@ def test_a_new_run_removes_an_earlier_summary(tmp_path):
 def test_sigint_leaves_a_workdir_marked_interrupted(tmp_path):
     workdir = tmp_path / "w"
     env = {**os.environ, "STRUCTSEL_JAX_CACHE": str(REPO / ".jax_cache")}
-    proc = subprocess.Popen([sys.executable, "-m", "structsel.cli", *SEARCH, "--method",
+    # a budget whose trainings take seconds even with every program cached: with the
+    # tiny budget a warm cache finished the whole run before the signal arrived (exit 0)
+    slow = [a if a != "tiny" else "tiny,train_steps=20000" for a in SEARCH]
+    proc = subprocess.Popen([sys.executable, "-m", "structsel.cli", *slow, "--method",
                              "random", "--workdir", str(workdir)], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120

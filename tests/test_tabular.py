@@ -160,7 +160,9 @@ def test_default_config_trains_bit_identically_to_the_old_trainer(batch_size):
         np.testing.assert_array_equal(a, b)
     out = enumeration.train_structure(space.family, task, config, choice, data,
                                       key=jax.random.key(2))
-    assert set(out) == {"train_loss", "val_metric", "test_metric"}  # no new keys by default
+    # no stop_step / outputs by default; diverged_at is the divergence guard (-1: finite)
+    assert set(out) == {"train_loss", "val_metric", "test_metric", "diverged_at"}
+    assert int(out["diverged_at"]) == -1
 
 
 def test_old_tables_match_the_default_budget_only():
