@@ -21,7 +21,6 @@ fresh start on its own. docs/checkpoint.md has the details.
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import json
 import os
 import pathlib
@@ -35,6 +34,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from structsel import runs
 from structsel.runs import to_jsonable
 
 COMMIT_MARKER = "commit_success.txt"            # orbax's marker of a finished step folder
@@ -68,16 +68,9 @@ def tree_structure(tree) -> dict[str, str]:
     return out
 
 
-def _version(name: str) -> str | None:
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
 def package_versions() -> dict[str, str | None]:
     """Versions of the packages whose change can change the numbers of a resumed run."""
-    return {name: _version(name) for name in _VERSIONED}
+    return runs.package_versions(_VERSIONED)
 
 
 def fingerprint(config: Any = None, *, state: Any = None, **extra: Any) -> dict[str, Any]:
@@ -327,13 +320,7 @@ class Checkpointer:
         # SHA-256 of every file of the step, checked before orbax reads any (a damaged file
         # is then named, and tensorstore never reads it). Written after orbax's atomic
         # rename, itself atomically; a step without it is still read (values are checked).
-        manifest = self._manifest(step)
-        tmp = manifest.with_name(manifest.name + ".tmp")
-        with open(tmp, "w") as f:
-            json.dump(_files(self.directory / str(step)), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, manifest)
+        runs.write_atomic(self._manifest(step), json.dumps(_files(self.directory / str(step))))
         kept = {p.name for p in self.directory.iterdir() if p.is_dir() and p.name.isdigit()}
         for old in self.directory.glob("*.sha256.json"):
             if old.name.split(".")[0] not in kept:

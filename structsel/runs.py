@@ -35,10 +35,11 @@ _PACKAGES = ("structsel", "jax", "jaxlib", "flax", "optax", "distrax", "jaxopt",
              "tfp-nightly", "numpy", "scikit-learn", "mnist1d", "matplotlib")
 
 
-def package_versions() -> dict[str, str | None]:
-    """Installed versions of the packages a result depends on (None if absent)."""
+def package_versions(names=_PACKAGES) -> dict[str, str | None]:
+    """Installed versions of `names` (default: the packages a result depends on; None if
+    absent)."""
     out = {}
-    for name in _PACKAGES:
+    for name in names:
         try:
             out[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:

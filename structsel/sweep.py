@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from structsel.runs import Run, git_revision, package_versions, to_jsonable
+from structsel.runs import Run, git_revision, package_versions, to_jsonable, write_atomic
 from structsel.sweep_targets import GroupEnv, get_target, target_names
 
 __all__ = ["sweep", "parse_grid", "expand", "read_rows", "result_columns", "summarise",
@@ -173,15 +173,6 @@ def _write_rows(path: pathlib.Path, header: list[str], rows: list[dict]) -> None
         writer.writerows({k: _cell(v) for k, v in r.items()} for r in rows)
         f.flush()
         os.fsync(f.fileno())
-
-
-def _atomic_write(path: pathlib.Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def read_rows(workdir) -> list[dict]:
@@ -357,7 +348,7 @@ def sweep(target: str, grid, seeds=1, workdir="results/sweep", devices=None,
     workdir.mkdir(parents=True, exist_ok=True)
     _check_workdir(workdir, identity, resume)
     if index == 0:
-        _atomic_write(workdir / "sweep.json", json.dumps(identity, indent=2) + "\n")
+        write_atomic(workdir / "sweep.json", json.dumps(identity, indent=2) + "\n")
     done = {int(r["run_id"]) for r in read_rows(workdir) if r["status"] in FINISHED}
     todo = [r for r in _share(runs, index, count) if r.run_id not in done]
     rows_path = workdir / ("runs.csv" if count == 1 else f"runs.p{index}.csv")
@@ -462,7 +453,7 @@ def _finish(target, grid, workdir, count, timeout, total) -> dict:
     writer = csv.DictWriter(text, fieldnames=header, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    _atomic_write(workdir / "runs.csv", text.getvalue())
+    write_atomic(workdir / "runs.csv", text.getvalue())
     for part in workdir.glob("runs.p*.csv"):
         part.unlink()
     if all(r["status"] in FINISHED for r in rows) and len(rows) == total:
@@ -476,7 +467,7 @@ def _finish(target, grid, workdir, count, timeout, total) -> dict:
                             lineterminator="\n")
     writer.writeheader()
     writer.writerows({k: _cell(v) for k, v in s.items()} for s in summary)
-    _atomic_write(workdir / "summary.csv", text.getvalue())
+    write_atomic(workdir / "summary.csv", text.getvalue())
     table = format_table(summary, list(grid), metrics)
     return {"rows": rows, "summary": summary, "table": table, "workdir": str(workdir),
             "num_runs": total, "finished": sum(r["status"] in FINISHED for r in rows)}

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import NamedTuple, Sequence
 
+import jax
 import numpy as np
 
 
@@ -80,8 +81,8 @@ def select(evaluator, space, candidates, *, keys, x_train, higher_is_better: boo
     ens_val = ens_test = None
     if ensemble is not None:
         task, data = ensemble
-        ens_val, ens_test = (np.asarray([float(task.metric(task.ensemble(o), y))
-                                         for o in scores[f"{split}_out"]])
+        score = jax.vmap(lambda outs, y: task.metric(task.ensemble(outs), y), (0, None))
+        ens_val, ens_test = (np.asarray(score(scores[f"{split}_out"], y), float)
                              for split, y in (("val", data.y_val), ("test", data.y_test)))
         best, tol = one_se_choice(ens_val[:, None], params, higher_is_better=higher_is_better,
                                   rule="best")
