@@ -147,10 +147,13 @@ def test_fast_conv_and_max_pool_equal_lax_and_flax_with_gradients_under_vmap():
             (basis.max_pool(3), lambda p, x: nn.max_pool(x, (3,), (1,), padding="SAME"), z1),
             (basis.max_pool((3, 2)), lambda p, x: nn.max_pool(x, (3, 2), (1, 1), padding="SAME"), z2),
         ]:
-            params = jax.vmap(lambda k: _params64(spec, k, x[0]))(jax.random.split(jax.random.key(1), 3))
+            params = jax.jit(jax.vmap(lambda k: _params64(spec, k, x[0])))(
+                jax.random.split(jax.random.key(1), 3))  # jitted: eager vmapped init took ~8 s
             loss = lambda f: lambda p, xx: jnp.sum(jnp.sin(f(p, xx)))  # noqa: E731
-            ours = jax.vmap(jax.value_and_grad(loss(spec.apply), argnums=(0, 1)))(params, x)
-            ref = jax.vmap(jax.value_and_grad(loss(ref_fn), argnums=(0, 1)))(params, x)
+            # jitted: one compiled program per side (eager op-by-op dispatch of the vmapped
+            # gradients took ~30 s on 2 CPU cores)
+            ours = jax.jit(jax.vmap(jax.value_and_grad(loss(spec.apply), argnums=(0, 1))))(params, x)
+            ref = jax.jit(jax.vmap(jax.value_and_grad(loss(ref_fn), argnums=(0, 1))))(params, x)
             for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(ref)):
                 np.testing.assert_allclose(a, b, atol=TOL, err_msg=spec.label)
     # the other cases still go to lax: stride 2 and dilation 2 against the numpy reference

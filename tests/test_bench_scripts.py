@@ -61,6 +61,7 @@ def test_fit_line_recovers_slope():
     assert math.isclose(fit["intercept_s"], 1.0, rel_tol=1e-9) and math.isclose(fit["r2"], 1.0)
 
 
+@pytest.mark.slow  # end to end, a script's subprocess, ~80 s cold: run with -m slow
 def test_bench_hypergradient_tiny(tmp_path):
     returned, result = _run("bench_hypergradient", tmp_path)
     _check_machine(result, "hypergradient")
@@ -84,6 +85,7 @@ def test_bench_hypergradient_tiny(tmp_path):
     assert returned["rows"][0]["k"] == ridge_cg["k"]
 
 
+@pytest.mark.slow  # end to end, a script's subprocess, ~75 s cold: run with -m slow
 def test_bench_memory_tiny(tmp_path):
     _, result = _run("bench_memory", tmp_path)
     _check_machine(result, "memory")
@@ -131,6 +133,7 @@ def test_bench_torch_tiny(tmp_path):
         assert r["structsel_s"] > 0 and r["torch_s"] > 0
 
 
+@pytest.mark.slow  # end to end, a script's subprocess, ~90 s cold: run with -m slow
 def test_bench_enumeration_tiny(tmp_path):
     _, result = _run("bench_enumeration", tmp_path)
     _check_machine(result, "enumeration")

@@ -41,7 +41,7 @@ def test_vmapped_enumeration_equals_looped_training():
     assert np.unique(np.round(np.asarray(batched["val_metric"][:, 0]), 5)).size > 2
 
 
-@pytest.mark.parametrize("space_name", ["mlp1", "conv1d3"])
+@pytest.mark.parametrize("space_name", ["mlp1", pytest.param("conv1d3", marks=pytest.mark.slow)])
 def test_mapped_vertex_training_equals_vmapped_supernet_training(space_name):
     """Oracle: the vmapped supernet at each one-hot Gamma (every op computed, all but one
     weighted by 0). The choices path (lax.map + lax.switch, only the chosen op run) does

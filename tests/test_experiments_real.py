@@ -74,6 +74,7 @@ def test_hypergradients_smoke_cg_matches_exact(tmp_path):
     assert summary["lambda_max"] > 0
 
 
+@pytest.mark.slow  # end to end, the VAE experiment, ~75 s cold: run with -m slow
 def test_vae_ard_smoke(tmp_path):
     workdir, figs = tmp_path / "run", tmp_path / "figs"
     vae_ard.main(["--smoke", "--workdir", str(workdir), "--figures", str(figs)])

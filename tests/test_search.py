@@ -27,7 +27,8 @@ GRADIENT = [n for n, m in methods.METHODS.items() if isinstance(m, methods.Gradi
 BLACKBOX = ["random", "reinforce", "optuna"]
 
 
-@pytest.mark.parametrize("method", GRADIENT + BLACKBOX)
+@pytest.mark.parametrize("method", [pytest.param(m, marks=pytest.mark.slow) if m == "bayes"
+                                    else m for m in GRADIENT + BLACKBOX])  # bayes = both levels: slow
 def test_every_method_runs_and_writes_its_workdir(method, digits, tmp_path):
     config = runner.search_config(method=method, space="mlp1", budget=TINY,
                                   workdir=str(tmp_path / method), seeds=2)
@@ -119,6 +120,7 @@ def test_conv1d3_params_by_hand():
                                   [730, 530])
 
 
+@pytest.mark.slow  # end to end, conv supernet on mnist1d, ~2 min cold: run with -m slow
 def test_mnist1d_search_end_to_end(tmp_path):
     """The sequence path: mnist1d generated locally, conv1d3 space, search, retrain, regret
     against the committed table (flagged as not like for like: the tiny budget)."""
@@ -240,7 +242,7 @@ def test_retrain_rebuilds_the_selected_structure(digits, tmp_path, capsys):
 
 def test_kl_weights_override_the_path(digits, tmp_path):
     # --kl-weight 0.1: one tempered ELBO; a list is a path; only for Bayesian methods
-    config = runner.search_config(method="bayes", space="mlp1", budget=TINY, kl_weights="0.1",
+    config = runner.search_config(method="bayes_inner", space="mlp1", budget=TINY, kl_weights="0.1",
                                   workdir=str(tmp_path / "one"))
     assert config.kl_weights == (0.1,)
     summary = runner.run_search(config, progress=False, dataset=digits)
