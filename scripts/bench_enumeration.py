@@ -86,7 +86,8 @@ def restarts(args) -> dict:
                           budget=budget)
     problem = runner.make_problem(ds, "conv1d3", budget)
     obj, trainer, _ = methods.PROGRAMS.get(methods.METHODS["darts1"], problem.space, problem.task,
-                                       budget, None)
+                                           budget, None,
+                                           num_train=int(problem.data.x_train.shape[0]))
     d = problem.data
     train, val = (d.x_train, d.y_train), (d.x_val, d.y_val)
     states = trainer.init_many(lambda k: obj.init(k, d.x_train[:1]),

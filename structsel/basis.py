@@ -52,6 +52,12 @@ _REGISTRY: dict[str, Callable[..., Any]] = {}
 _SIGNATURES: dict[str, inspect.Signature] = {}
 
 
+@functools.lru_cache(maxsize=4096)
+def _output_shape(spec: "BasisSpec", shape: tuple, dtype) -> jax.ShapeDtypeStruct:
+    z = jax.ShapeDtypeStruct(shape, dtype)
+    return jax.eval_shape(lambda u: spec.apply(spec.init(jax.random.key(0), u), u), z)
+
+
 @dataclasses.dataclass(frozen=True)
 class BasisSpec:
     """A basis function g: registered `name` plus keyword arguments (static, hashable)."""
@@ -78,9 +84,13 @@ class BasisSpec:
         return op.apply({"params": params}, z)
 
     def output_shape(self, z: jax.ShapeDtypeStruct) -> jax.ShapeDtypeStruct:
-        """Abstract shape/dtype of g(z), computed with `jax.eval_shape` (nothing is run)."""
-        z = jax.ShapeDtypeStruct(jnp.shape(z), z.dtype)
-        return jax.eval_shape(lambda u: self.apply(self.init(jax.random.key(0), u), u), z)
+        """Abstract shape/dtype of g(z), computed with `jax.eval_shape` (nothing is run;
+        memoised per (spec, shape, dtype): families ask for it at every trace)."""
+        try:
+            hash(self)
+        except TypeError:  # a spec built with unhashable kwargs: not memoised
+            return _output_shape.__wrapped__(self, tuple(jnp.shape(z)), jnp.dtype(z.dtype))
+        return _output_shape(self, tuple(jnp.shape(z)), jnp.dtype(z.dtype))
 
     def to_dict(self) -> dict:
         """JSON-serialisable description ``{"name": ..., "kwargs": {...}}``."""

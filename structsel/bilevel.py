@@ -117,6 +117,10 @@ def _first_nonfinite(checks) -> jax.Array:
     return code
 
 
+# fold_in tag of the minibatch stream (apart from the losses' keys of the same step)
+_BATCH_STREAM = 0x5EED
+
+
 def _select(pred, on_true, on_false):
     return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
 
@@ -140,6 +144,12 @@ class BilevelTrainer:
       warmup_steps: outer steps during which ``ctx.warmup`` is True (simpler prior).
       structure_fn: optional ``structure_fn(params, hparams, ctx) -> gamma`` recorded in
         the history under "structure".
+      batch_size: None (full batch) or B: each inner step, and the inner term of the
+        hypergradient, sees B rows of the training batch drawn without replacement
+        (fresh rows per step; keys from ``fold_in(key, step)``, apart from the losses'
+        keys, so full-batch runs are unchanged). The validation batch stays whole. The
+        losses must then scale their prior terms by the full data size (e.g.
+        ``Objective(num_data=...)``), not by B.
     """
 
     inner_loss: Callable
@@ -152,6 +162,7 @@ class BilevelTrainer:
     temperature: Schedule = dataclasses.field(default_factory=lambda: constant(1.0))
     warmup_steps: int = 0
     structure_fn: Callable | None = None
+    batch_size: int | None = None
 
     def __post_init__(self):
         if not callable(self.inner_loss) or not callable(self.outer_loss):
@@ -175,6 +186,9 @@ class BilevelTrainer:
                              "or any callable step -> lambda_temp")
         if not _is_int(self.warmup_steps) or self.warmup_steps < 0:
             raise ValueError(f"warmup_steps must be an int >= 0, got {self.warmup_steps!r}")
+        if self.batch_size is not None and (not _is_int(self.batch_size)
+                                            or self.batch_size < 1):
+            raise ValueError(f"batch_size must be None or an int >= 1, got {self.batch_size!r}")
         if self.structure_fn is not None and not callable(self.structure_fn):
             raise ValueError("structure_fn must be None or a callable (params, hparams, ctx)")
 
@@ -211,21 +225,26 @@ class BilevelTrainer:
         k_inner, (k_hyper_in, k_hyper_out, k_struct) = keys[:-3], keys[-3:]
         ctx0 = self._context(k_struct, state.step, state.coefficients)
         hparams = state.hparams
+        batches = self._minibatches(state, train_batch)  # None: the whole batch each time
 
-        def inner_body(carry, key):
+        def inner_body(carry, xs):
             params, opt_state = carry
+            key, batch = xs
+            batch = train_batch if batch is None else batch
             ctx = ctx0.replace(key=key)
-            loss, grads = jax.value_and_grad(self.inner_loss)(params, hparams, train_batch, ctx)
+            loss, grads = jax.value_and_grad(self.inner_loss)(params, hparams, batch, ctx)
             updates, opt_state = self.inner_opt.update(grads, opt_state, params)
             return (optax.apply_updates(params, updates), opt_state), loss
 
+        inner_batches = None if batches is None else jax.tree.map(lambda a: a[:-1], batches)
         (params, inner_opt_state), inner_losses = jax.lax.scan(
-            inner_body, (state.params, state.inner_opt_state), k_inner)
+            inner_body, (state.params, state.inner_opt_state), (k_inner, inner_batches))
+        hyper_batch = train_batch if batches is None else jax.tree.map(lambda a: a[-1], batches)
         ctx_in, ctx_out = ctx0.replace(key=k_hyper_in), ctx0.replace(key=k_hyper_out)
         outer = self.outer_loss(params, hparams, val_batch, ctx_out)
         hgrad = hypergradient(self.inner_loss, self.outer_loss, params, hparams,
                               method=self.hypergradient_method,
-                              inner_args=(train_batch, ctx_in), outer_args=(val_batch, ctx_out),
+                              inner_args=(hyper_batch, ctx_in), outer_args=(val_batch, ctx_out),
                               **dict(self.hypergradient_options))
         updates, outer_opt_state = self.outer_opt.update(hgrad, state.outer_opt_state, hparams)
         new_hparams = optax.apply_updates(hparams, updates)
@@ -246,8 +265,22 @@ class BilevelTrainer:
             metrics["structure"] = self.structure_fn(new_state.params, new_state.hparams, ctx0)
         return new_state, metrics
 
+    def _minibatches(self, state: BilevelState, train_batch):
+        """inner_steps + 1 minibatches of `batch_size` rows (stacked; the last one is the
+        hypergradient's), each drawn without replacement; None when full batch."""
+        if self.batch_size is None:
+            return None
+        num = jax.tree.leaves(train_batch)[0].shape[0]
+        if self.batch_size >= num:
+            return None
+        key = jax.random.fold_in(jax.random.fold_in(state.key, state.step), _BATCH_STREAM)
+        idx = jax.vmap(lambda k: jax.random.choice(k, num, (self.batch_size,), replace=False))(
+            jax.random.split(key, self.inner_steps + 1))
+        return jax.tree.map(lambda a: a[idx], train_batch)
+
     def run(self, state: BilevelState, train_batch, val_batch, num_steps: int):
-        """``num_steps`` outer steps in one ``lax.scan`` (full-batch data).
+        """``num_steps`` outer steps in one ``lax.scan`` (full-batch data, or minibatches
+        of the training batch when ``batch_size`` is set).
 
         Returns the final state and a history dict of arrays with a leading axis of
         length num_steps: the metrics of :meth:`step` plus "diverged" (True from the

@@ -102,6 +102,7 @@ def test_bench_memory_tiny(tmp_path):
     assert supernet_unrolled and supernet_unrolled[0]["growth"] > 2  # stores every step
 
 
+@pytest.mark.slow  # end to end, a script's subprocess, ~50 s cold: run with -m slow
 def test_bench_search_tiny(tmp_path):
     _, result = _run("bench_search", tmp_path)
     _check_machine(result, "search")

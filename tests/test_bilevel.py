@@ -231,6 +231,43 @@ def test_jitted_step_does_not_recompile():
     assert int(state.step) == 2 and float(m2["outer_loss"]) != float(m1["outer_loss"])
 
 
+def test_minibatches_are_distinct_rows_fresh_each_step():
+    """batch_size=B: with inner loss 0.5 mean_i (theta - x_i)^2 and SGD at rate 1 one inner
+    step sets theta to the minibatch mean, so B * theta is the sum of the rows drawn. Rows
+    x_i = 2^i (sums exact in float32 below 2^24; the division by B rounds by < 0.01 here)
+    make that sum a bit set naming the rows: B distinct rows each step, fresh rows across
+    steps, the same rows for the same key; batch_size >= N is the full batch exactly."""
+    n, b = 16, 4
+    train = (2.0 ** jnp.arange(n, dtype=jnp.float32), jnp.zeros(n))
+    val = (jnp.zeros(3), jnp.zeros(3))
+    inner = lambda th, h, batch, ctx: 0.5 * jnp.mean((th - batch[0]) ** 2) + 0.0 * h  # noqa: E731
+    outer = lambda th, h, batch, ctx: 0.5 * (th - h) ** 2  # noqa: E731
+
+    def drawn(trainer, key, steps=6, size=b):
+        state, step, sets = trainer.init(jnp.zeros(()), jnp.zeros(()), key=key), jax.jit(trainer.step), []
+        for _ in range(steps):
+            state, _ = step(state, train, val)
+            total = int(round(size * float(state.params)))
+            sets.append(frozenset(i for i in range(n) if total >> i & 1))
+        return sets
+
+    trainer = bilevel.BilevelTrainer(inner, outer, optax.sgd(1.0), optax.sgd(0.1), batch_size=b)
+    sets = drawn(trainer, jax.random.key(0))
+    assert all(len(s) == b for s in sets)          # without replacement, B rows
+    assert len(set(sets)) > 1                      # fresh rows per step
+    assert sets == drawn(trainer, jax.random.key(0))
+    assert sets != drawn(trainer, jax.random.key(1))
+    # the hypergradient's minibatch: the (inner_steps + 1)-th draw, also B distinct rows
+    state = trainer.init(jnp.zeros(()), jnp.zeros(()), key=jax.random.key(0))
+    idx = trainer._minibatches(state, (jnp.arange(n), jnp.zeros(n)))[0]
+    assert idx.shape == (2, b) and all(len(set(np.asarray(r).tolist())) == b for r in idx)
+    # B >= N: every step sees all rows (the mean, 2^16 - 1 over 16), as batch_size=None does
+    full = bilevel.BilevelTrainer(inner, outer, optax.sgd(1.0), optax.sgd(0.1), batch_size=n)
+    assert drawn(full, jax.random.key(0), 2, size=n) == [frozenset(range(n))] * 2
+    with pytest.raises(ValueError, match="batch_size must be None or an int >= 1, got 0"):
+        bilevel.BilevelTrainer(inner, outer, optax.sgd(1.0), optax.sgd(0.1), batch_size=0)
+
+
 def test_validation():
     with pytest.raises(ValueError, match="hypergradient_method"):
         _trainer(hypergradient_method="newton")
@@ -284,6 +321,8 @@ def test_glm_family_stronger_prior_moves_q_gamma_off_f2():
     assert weak_prior.mean() - strong_prior.mean() > 0.1
 
 
+@pytest.mark.slow  # four float64 programs, ~2 min cold (the objective-level oracle is in
+# tests/test_objective.py::test_traced_coefficients_equal_static_objectives, not slow)
 def test_runs_with_traced_coefficients_equal_separate_runs():
     # BilevelTrainer.init_many(..., coefficients=coefficient_batch(rows)) trains runs with
     # different lambdas in one vmapped program; each must equal a run of the objective with

@@ -40,8 +40,8 @@ class _InjectNaN(methods.ProgramCache):
         super().__init__()
         self.before = before
 
-    def get(self, *args):
-        obj, trainer, compiled = super().get(*args)
+    def get(self, *args, **kwargs):
+        obj, trainer, compiled = super().get(*args, **kwargs)
         before = self.before
 
         class Segments(dict):

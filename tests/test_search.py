@@ -27,8 +27,9 @@ GRADIENT = [n for n, m in methods.METHODS.items() if isinstance(m, methods.Gradi
 BLACKBOX = ["random", "reinforce", "optuna"]
 
 
-@pytest.mark.parametrize("method", [pytest.param(m, marks=pytest.mark.slow) if m == "bayes"
-                                    else m for m in GRADIENT + BLACKBOX])  # bayes = both levels: slow
+@pytest.mark.parametrize("method", [pytest.param(m, marks=pytest.mark.slow)
+                                    if m in ("bayes", "bayes_outer") else m
+                                    for m in GRADIENT + BLACKBOX])  # the default bayes_inner is not slow
 def test_every_method_runs_and_writes_its_workdir(method, digits, tmp_path):
     config = runner.search_config(method=method, space="mlp1", budget=TINY,
                                   workdir=str(tmp_path / method), seeds=2)
@@ -240,18 +241,39 @@ def test_retrain_rebuilds_the_selected_structure(digits, tmp_path, capsys):
     assert "Traceback" not in capsys.readouterr().err
 
 
-def test_kl_weights_override_the_path(digits, tmp_path):
-    # --kl-weight 0.1: one tempered ELBO; a list is a path; only for Bayesian methods
+@pytest.mark.slow  # a search program of its own, ~1 min cold
+def test_kl_weight_runs_one_tempered_elbo(digits, tmp_path):
+    # --kl-weight 0.1: one tempered ELBO instead of the path
     config = runner.search_config(method="bayes_inner", space="mlp1", budget=TINY, kl_weights="0.1",
                                   workdir=str(tmp_path / "one"))
-    assert config.kl_weights == (0.1,)
     summary = runner.run_search(config, progress=False, dataset=digits)
     assert summary["kl_weight"] == [0.1] and summary["kl_weight_path"] == [0.1]
+
+
+def test_kl_weights_override_the_path():
+    # --kl-weight 0.1: one tempered ELBO; a list is a path; only for Bayesian methods
+    assert runner.search_config(method="bayes_inner", kl_weights="0.1").kl_weights == (0.1,)
     assert runner.search_config(method="bayes", kl_weights=[1, 0.5]).kl_weights == (1.0, 0.5)
     with pytest.raises(ValueError, match="kl_weights must be finite numbers > 0"):
         runner.search_config(method="bayes", kl_weights="1,-0.1")
     with pytest.raises(ValueError, match="kl_weights applies to the Bayesian methods"):
         runner.search_config(method="darts1", kl_weights="0.1")
+
+
+def test_search_minibatches_scale_the_prior_by_the_training_rows(digits):
+    """budget search_batch_size=B < m: the trainer draws B rows per inner step and the
+    objective scales its prior terms by the m training rows (an unbiased minibatch ELBO);
+    0 or B >= m: full batch, the objective's m is the batch's own size (None)."""
+    method = methods.METHODS["bayes_inner"]
+    for size, num_train, want in [(8, 100, 8), (0, 100, None), (100, 100, None)]:
+        budget = runner.parse_budget(f"tiny,search_batch_size={size}")
+        problem = runner.make_problem(digits, "mlp1", budget)
+        obj, trainer, _ = methods.ProgramCache().get(method, problem.space, problem.task,
+                                                     budget, None, num_train=num_train)
+        assert trainer.batch_size == want
+        assert obj.num_data == (num_train if want else None)
+    with pytest.raises(ValueError, match="budget search_batch_size must be an int >= 0"):
+        runner.parse_budget("tiny,search_batch_size=-1")
 
 
 def test_selection_rules():

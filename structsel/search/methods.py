@@ -124,6 +124,8 @@ class GradientSearch:
                              f"got {self.structure_level!r}")
         weights = (objective.GaussianWeights(structure=self.structure_level)
                    if self.weights == "gaussian" else objective.PointWeights())
+        if _search_batch(problem) is not None:  # minibatches: the prior terms scale by m
+            extra["num_data"] = problem.num_train
         return objective.Objective(problem.space.family, likelihood, relax,
                                    self.coefficients(), weights=weights, **extra)
 
@@ -145,7 +147,8 @@ class GradientSearch:
             inner_steps=b.inner_steps, hypergradient_method=self.hypergradient,
             hypergradient_options=tuple(sorted(options.items())),
             temperature=_SCHEDULES[kind](t0, t1, b.search_steps), structure_fn=obj.structure,
-            warmup_steps=int(self.warmup_fraction * b.search_steps))
+            warmup_steps=int(self.warmup_fraction * b.search_steps),
+            batch_size=_search_batch(problem))
 
     def grads_per_step(self, problem) -> float:
         """Gradient evaluations per outer step: S inner + the hypergradient's cost."""
@@ -172,9 +175,9 @@ class GradientSearch:
         All runs (restart-major: row r * P + p is restart r at c = path[p]; the c values of
         one restart share its initialisation) are one compiled program, vmapped or mapped.
         """
-        obj, trainer, compiled = PROGRAMS.get(self, problem.space, problem.task,
-                                              problem.budget, relaxation)
         d, space, b = problem.data, problem.space, problem.budget
+        obj, trainer, compiled = PROGRAMS.get(self, space, problem.task, b, relaxation,
+                                              num_train=int(d.x_train.shape[0]))
         train, val = (d.x_train, d.y_train), (d.x_val, d.y_val)
         num_c = max(1, len(self.path))
         keys = jax.random.split(key, restarts)
@@ -287,11 +290,12 @@ class ProgramCache:
     def __init__(self, maxsize: int = 16):
         self.maxsize, self._entries = maxsize, {}
 
-    def get(self, method: "GradientSearch", space, task, budget, relaxation):
-        key = (method, space, task, budget, relaxation)
+    def get(self, method: "GradientSearch", space, task, budget, relaxation, *,
+            num_train: int):
+        key = (method, space, task, budget, relaxation, num_train)
         entry = self._entries.pop(key, None)
         if entry is None:
-            problem = _Static(space, task, budget)
+            problem = _Static(space, task, budget, num_train)
             obj = method.objective(problem, relaxation)
             entry = (obj, method.trainer(problem, obj), {})
         self._entries[key] = entry
@@ -310,6 +314,13 @@ class _Static(NamedTuple):
     space: Any
     task: Any
     budget: Any
+    num_train: int  # training rows (the minibatches' data size m)
+
+
+def _search_batch(problem) -> int | None:
+    """The search's minibatch size, or None for full batch (0, or >= the training rows)."""
+    size = problem.budget.search_batch_size
+    return size if 0 < size < problem.num_train else None
 
 
 def _segments(total: int, parts: int) -> list[int]:

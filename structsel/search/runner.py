@@ -54,6 +54,9 @@ class Budget:
     search_steps: int = 150      # outer steps of the gradient methods
     inner_steps: int = 5         # inner steps per outer step
     search_lr: float = 3e-2      # Adam step on the structure parameters
+    # rows per inner step of a gradient search (and per hypergradient's inner term), drawn
+    # without replacement; 0 (or >= the training rows): the full training set
+    search_batch_size: int = 0
     evaluations: int = 0         # black-box evaluations (0: the gradient methods' compute)
     retrain_seeds: int = 3       # seeds of the final from-scratch retrain
     # the returned model is the deep ensemble of the retrain_seeds models (their averaged
@@ -80,7 +83,7 @@ class Budget:
                     raise ValueError(f"budget {f.name} must be 0 or 1, got {value!r}")
                 continue
             lower = 0 if f.name in ("batch_size", "evaluations", "warmup_steps",
-                                    "eval_every") else 1
+                                    "eval_every", "search_batch_size") else 1
             if f.type in ("int",) and (not isinstance(value, int) or value < lower):
                 raise ValueError(f"budget {f.name} must be an int >= {lower}, got {value!r}")
             if f.name == "weight_decay":
@@ -121,10 +124,12 @@ BUDGETS = {
     "mnist1d": Budget("mnist1d", width=8, train_steps=400, batch_size=128, search_steps=100,
                       inner_steps=4),
     # tables (space "tabular"): stream width 16 (blocks 16 / 64 / 256 wide), minibatch
-    # AdamW with warm-up + cosine decay and early stopping on the validation metric.
+    # AdamW with warm-up + cosine decay and early stopping on the validation metric; the
+    # search's inner steps on minibatches of 256 rows (full batch on smaller tables).
     "tabular": Budget("tabular", width=16, train_steps=1500, learning_rate=3e-3,
                       batch_size=128, weight_decay=1e-2, schedule="cosine", warmup_steps=75,
-                      eval_every=50, search_steps=100, inner_steps=5, ensemble=True),
+                      eval_every=50, search_steps=100, inner_steps=5, search_batch_size=256,
+                      ensemble=True),
 }
 
 
