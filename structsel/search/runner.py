@@ -125,10 +125,10 @@ BUDGETS = {
                       inner_steps=4),
     # tables (space "tabular"): stream width 16 (blocks 16 / 64 / 256 wide), minibatch
     # AdamW with warm-up + cosine decay and early stopping on the validation metric; the
-    # search's inner steps on minibatches of 256 rows (full batch on smaller tables).
+    # search's inner steps on minibatches of 512 rows (full batch on smaller tables).
     "tabular": Budget("tabular", width=16, train_steps=1500, learning_rate=3e-3,
                       batch_size=128, weight_decay=1e-2, schedule="cosine", warmup_steps=75,
-                      eval_every=50, search_steps=100, inner_steps=5, search_batch_size=256,
+                      eval_every=50, search_steps=100, inner_steps=5, search_batch_size=512,
                       ensemble=True),
 }
 
