@@ -4,6 +4,7 @@
                      [--dataset NAME] [--space NAME] [--method NAME] [--relaxation NAME]
                      [--seed N] [--split-seed N] [--seeds N] [--budget PRESET[,key=value...]]
                      [--no-fallback] [--no-gradient-boosting] [--workdir DIR]
+                     [--checkpoint-every STEPS] [--resume]
     structsel enumerate --space mlp3 --dataset digits --seeds 3 [--budget ...] [--out FILE]
     structsel retrain --structure FILE [--data FILE ...] [--seed N] [--workdir DIR]
     structsel sweep TARGET --grid KEY=V1,V2,... [--grid ...] --seeds N [--workdir DIR]
@@ -97,6 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "scikit-learn is installed)")
     s.add_argument("--workdir", help="output directory (default "
                                      "results/search/<dataset>_<method>_<seed>)")
+    s.add_argument("--checkpoint-every", type=_nonnegative_int, default=0, metavar="STEPS",
+                   help="save the gradient search's state every STEPS outer steps (rounded "
+                        "up to its chunk) in WORKDIR/checkpoints (default 0: never)")
+    s.add_argument("--resume", action="store_true",
+                   help="continue an interrupted search of the same command from its last "
+                        "checkpoint (without it, old checkpoints are cleared)")
     s.set_defaults(func=_search)
 
     e = sub.add_parser("enumerate", help="train every structure of a space (ground truth)")
@@ -176,8 +183,13 @@ def _search(args) -> int:
         space=args.space, method=args.method, relaxation=args.relaxation, seed=args.seed,
         split_seed=args.split_seed, seeds=args.seeds, budget=args.budget,
         workdir=args.workdir, fallback=not args.no_fallback,
-        gradient_boosting=not args.no_gradient_boosting, kl_weights=args.kl_weight)
-    summary = runner.run_search(config, progress=not args.no_progress)
+        gradient_boosting=not args.no_gradient_boosting, kl_weights=args.kl_weight,
+        checkpoint_every=args.checkpoint_every, resume=args.resume)
+    from structsel.checkpoint import CheckpointError
+    try:
+        summary = runner.run_search(config, progress=not args.no_progress)
+    except CheckpointError as err:  # another run's, partial or corrupt: never restarted
+        raise ValueError(f"{err} (rerun without --resume to start afresh)") from None
     print(runner.format_summary(summary))
     for warning in summary.get("warnings", []):
         print(f"structsel: warning: {warning}", file=sys.stderr)
@@ -251,7 +263,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         print("structsel: interrupted; the workdir's status.json says 'interrupted' and it "
-              "has no summary.json", file=sys.stderr)
+              "has no summary.json (with --checkpoint-every, --resume continues it)",
+              file=sys.stderr)
         return 130
 
 

@@ -394,7 +394,8 @@ def _run_group(target, group, workdir, rows_path, mesh, record, process, every, 
         if bar is not None:
             bar.set_postfix_str(f"runs {first}-{last}: step {step}/{total}")
 
-    env = GroupEnv(mesh=mesh, checkpoint_dir=ckpt if vectorised else None,
+    checkpointed = vectorised or getattr(target, "checkpoints_runs", False)
+    env = GroupEnv(mesh=mesh, checkpoint_dir=ckpt if checkpointed else None,
                    checkpoint_every=every, fingerprint=fingerprint, run_dirs=run_dirs,
                    progress=report)
     start = time.perf_counter()
@@ -424,6 +425,7 @@ def _run_group(target, group, workdir, rows_path, mesh, record, process, every, 
     if vectorised:
         for d, res in zip(run_dirs, results):
             Run(d).write_summary({"metrics": res["metrics"], "status": res["status"]})
+    if checkpointed:
         shutil.rmtree(ckpt, ignore_errors=True)
     if bar is not None:
         bar.update(len(group))

@@ -11,7 +11,10 @@ runs a list of runs sharing every static key. Three kinds:
   advanced with `structsel.loop.run_chunks`, checkpointed as one pytree.
 - `search` (`Search`): `structsel search` with its flags as keys; the runs of a sweep
   are a loop over `run_search` (each a whole search + retrain with its own workdir); the
-  compiled programs are shared through the search's `ProgramCache` / trainer cache.
+  compiled programs are shared through the search's `ProgramCache` / trainer cache. A
+  gradient search checkpoints its state in the sweep's checkpoints/ folder (every chunk
+  of outer steps, or `checkpoint_every`), so a resumed sweep continues an interrupted
+  search where it stopped.
 - any other experiment of `experiments/` (`Experiment`): its `Config` fields as keys
   (plus `smoke`), each run a call of its `main` (a plain loop).
 
@@ -341,6 +344,7 @@ class Search:
     """`structsel search` runs: its flags (and the budget's fields) as grid keys."""
 
     name = "search"
+    checkpoints_runs = True   # each run checkpoints under GroupEnv.checkpoint_dir
     metrics = ("val_metric", "test_metric", "regret", "rank", "params", "num_evaluations",
                "search_time_s")
 
@@ -373,27 +377,39 @@ class Search:
     def check(self, setting: Mapping[str, Any]) -> None:
         self.config(setting, seed=0, workdir="unused")
 
-    def config(self, setting, *, seed, workdir):
-        """The validated `SearchConfig` of one run."""
+    def config(self, setting, *, seed, workdir, checkpoint_dir=None, checkpoint_every=None):
+        """The validated `SearchConfig` of one run; with `checkpoint_dir`, a gradient
+        search checkpoints there (every `checkpoint_every` outer steps, default every
+        chunk) and resumes from what it finds (the sweep refuses a busy workdir without
+        --resume)."""
         from structsel.search import runner
         budget_fields = [f.name for f in dataclasses.fields(runner.Budget) if f.name != "name"]
         preset = setting["budget"] or runner.default_budget(setting["dataset"], setting["space"])
         overrides = "".join(f",{k}={setting[k]}" for k in budget_fields
                             if setting[k] is not None)
         kl = setting["kl_weight"].replace(";", ",") if setting["kl_weight"] else None
-        return runner.search_config(
+        config = runner.search_config(
             dataset=setting["dataset"], space=setting["space"], method=setting["method"],
             relaxation=setting["relaxation"], seed=seed, seeds=setting["restarts"],
             budget=preset + overrides, workdir=str(workdir), split_seed=setting["split_seed"],
             gradient_boosting=False, kl_weights=kl)
+        from structsel.search import methods
+        if checkpoint_dir is None or not isinstance(methods.METHODS[config.method],
+                                                    methods.GradientSearch):
+            return config
+        return dataclasses.replace(config, checkpoint_every=checkpoint_every or 1,
+                                   resume=True, checkpoint_dir=str(checkpoint_dir))
 
     def run_group(self, settings, seeds, env: GroupEnv) -> list[dict]:
         from structsel.search import runner
         out = []
         for i, (setting, seed) in enumerate(zip(settings, seeds)):
             start = time.perf_counter()
-            summary = runner.run_search(self.config(setting, seed=seed,
-                                                    workdir=env.run_dirs[i]), progress=False)
+            ckpt = (None if env.checkpoint_dir is None
+                    else env.checkpoint_dir / env.run_dirs[i].name)
+            summary = runner.run_search(self.config(
+                setting, seed=seed, workdir=env.run_dirs[i], checkpoint_dir=ckpt,
+                checkpoint_every=env.checkpoint_every), progress=False)
             row = {m: summary.get(m, math.nan) for m in self.metrics}
             row = {k: (float(v) if isinstance(v, (int, float)) else math.nan)
                    for k, v in row.items()}

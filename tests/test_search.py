@@ -1,4 +1,5 @@
 """`structsel search`: every method end to end on a tiny budget, Occam's razor, regret, retrain."""
+import dataclasses
 import json
 
 import jax
@@ -239,6 +240,80 @@ def test_retrain_rebuilds_the_selected_structure(digits, tmp_path, capsys):
                                space.family.apply(w, space.gamma(summary["choice"]),
                                                   problem.data.x_val), rtol=1e-5, atol=1e-5)
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_retrain_width_searches_narrow_and_returns_the_wide_model(digits, tmp_path):
+    # The search runs at width 4 (TINY), the proposals are retrained and returned at 7: the
+    # params, structure.json and `structsel retrain` are those of the width-7 model; the
+    # searched Gamma keeps the width-4 op names.
+    workdir = tmp_path / "w"
+    budget = TINY + ",retrain_width=7"
+    assert cli.main(["search", "--space", "mlp3", "--method", "random", "--budget", budget,
+                     "--workdir", str(workdir), "--no-progress", "--no-fallback"]) == 0
+    summary = json.loads((workdir / "summary.json").read_text())
+    structure = json.loads((workdir / "structure.json").read_text())
+    assert structure["width"] == 7 and summary["budget"]["retrain_width"] == 7
+    narrow, wide = (spaces.build_space("mlp3", num_outputs=10, width=w) for w in (4, 7))
+    x = np.asarray(runner.make_problem(digits, "mlp3", runner.parse_budget(TINY)).data.x_train)
+    choice = np.asarray(summary["choice"])
+    assert summary["params"] == wide.num_params(choice, x) != narrow.num_params(choice, x)
+    assert summary["selected"] == wide.selected(choice)
+    assert {op for ops in summary["gamma"].values() for op in ops} == set(narrow.op_names)
+    assert cli.main(["retrain", "--structure", str(workdir / "structure.json"),
+                     "--budget", TINY, "--seeds", "1", "--no-progress"]) == 0
+    rerun = json.loads((workdir / "retrain" / "summary.json").read_text())
+    assert rerun["params"] == summary["params"]  # rebuilt at width 7, counted independently
+    # a table is like for like only for the width the structures are returned at
+    table = {"settings": {"budget": dataclasses.asdict(runner.parse_budget(TINY))}}
+    assert runner.table_matches(table, runner.parse_budget(TINY))
+    assert not runner.table_matches(table, runner.parse_budget(budget))
+    assert runner.table_matches({"settings": {"budget": dataclasses.asdict(
+        runner.parse_budget("tiny,width=7"))}}, runner.parse_budget(budget))
+    with pytest.raises(ValueError, match="retrain_width"):
+        runner.parse_budget("tiny,retrain_width=-1")
+
+
+def test_an_interrupted_search_resumes_from_its_checkpoint_bit_identically(tmp_path, capsys,
+                                                                          monkeypatch):
+    # 13 outer steps = 6 calls of 2 steps + 1 of 1 (two checkpointed parts); checkpoints
+    # every 4 steps (at 4, 8, 12 of the first part). The run is interrupted right after
+    # the save at step 8, resumed, and must end exactly where the uninterrupted run ends.
+    from structsel import checkpoint as ckpt_lib
+
+    args = ["search", "--space", "mlp3", "--method", "darts1", "--no-progress",
+            "--budget", "tiny,search_steps=13", "--no-fallback", "--no-gradient-boosting"]
+    assert cli.main(args + ["--workdir", str(tmp_path / "a")]) == 0
+    save = ckpt_lib.Checkpointer.save
+
+    def save_then_interrupt(self, step, tree):
+        save(self, step, tree)
+        if step == 8:
+            raise KeyboardInterrupt
+    monkeypatch.setattr(ckpt_lib.Checkpointer, "save", save_then_interrupt)
+    b = tmp_path / "b"
+    resumable = args + ["--workdir", str(b), "--checkpoint-every", "4"]
+    assert cli.main(resumable) == 130
+    monkeypatch.setattr(ckpt_lib.Checkpointer, "save", save)
+    assert not (b / "summary.json").exists()
+    assert json.loads((b / "status.json").read_text())["state"] == "interrupted"
+    assert (b / "checkpoints" / "inner_0" / "8").is_dir()
+    # another config's checkpoint is refused, naming what differs, and left in place
+    other = [a.replace("search_steps=13", "search_steps=13,search_lr=0.1") for a in resumable]
+    capsys.readouterr()
+    assert cli.main(other + ["--resume"]) == 2
+    assert "search_lr" in capsys.readouterr().err
+    assert (b / "checkpoints" / "inner_0" / "8").is_dir()
+    assert cli.main(resumable + ["--resume"]) == 0
+    first, resumed = (json.loads((d / "summary.json").read_text()) for d in (tmp_path / "a", b))
+    for key in ("choice", "gamma", "val_metric", "test_metric", "restart_choices", "params"):
+        assert resumed[key] == first[key], key
+    rows = [[{k: v for k, v in json.loads(line).items() if k != "time"}
+             for line in (d / "metrics.jsonl").read_text().splitlines()]
+            for d in (tmp_path / "a", b)]
+    assert rows[0] == rows[1] and len(rows[0]) == 13
+    assert not (b / "checkpoints").exists()  # removed once the run finished
+    with pytest.raises(ValueError, match="checkpoint_every applies to the gradient methods"):
+        runner.search_config(method="random", checkpoint_every=4)
 
 
 @pytest.mark.slow  # a search program of its own, ~1 min cold

@@ -252,3 +252,43 @@ def test_a_row_cut_by_a_kill_is_ignored_and_appending_goes_on(tmp_path):
     assert [r["run_id"] for r in read_rows(tmp_path)] == ["0"]
     _write_rows(tmp_path / "runs.csv", header, [{"run_id": 1, "setting_id": 0, "status": "ok"}])
     assert [(r["run_id"], r["status"]) for r in read_rows(tmp_path)] == [("0", "ok"), ("1", "ok")]
+
+
+def test_an_interrupted_search_run_resumes_inside_the_sweep(tmp_path, monkeypatch):
+    # search runs are a loop; each gradient search checkpoints under the sweep's
+    # checkpoints/ (every chunk). Run 1 is interrupted after its checkpoint at outer step
+    # 8 of 13; the resumed sweep keeps run 0, continues run 1 from step 8 and gives the
+    # rows of an uninterrupted sweep (the same compiled programs on the same states).
+    from structsel import checkpoint as ckpt_lib
+
+    grid = {"space": ["mlp3"], "method": ["darts1"], "budget": ["tiny"],
+            "search_steps": [13]}
+    ref = sweep("search", grid, seeds=2, workdir=tmp_path / "ref", progress=False)
+    save, restore = ckpt_lib.Checkpointer.save, ckpt_lib.Checkpointer.restore
+    restored = []
+
+    def save_then_interrupt(self, step, tree):
+        save(self, step, tree)
+        if step == 8 and "00001" in str(self.directory):
+            raise KeyboardInterrupt
+
+    def recording_restore(self, template):
+        out = restore(self, template)
+        restored.append((self.directory.parent.name, out[0]))
+        return out
+    monkeypatch.setattr(ckpt_lib.Checkpointer, "save", save_then_interrupt)
+    monkeypatch.setattr(ckpt_lib.Checkpointer, "restore", recording_restore)
+    work = tmp_path / "cut"
+    with pytest.raises(KeyboardInterrupt):
+        sweep("search", grid, seeds=2, workdir=work, progress=False)
+    assert [r["run_id"] for r in read_rows(work)] == ["0"]
+    assert any((work / "checkpoints").rglob("8"))
+    with pytest.raises(SweepError, match="--resume"):
+        sweep("search", grid, seeds=2, workdir=work, progress=False)
+    monkeypatch.setattr(ckpt_lib.Checkpointer, "save", save)
+    out = sweep("search", grid, seeds=2, workdir=work, resume=True, progress=False)
+    assert restored == [("00001", 8)]  # run 1 continued from step 8 of its first part
+    timeless = lambda rows: [{k: v for k, v in r.items() if k != "search_time_s"}  # noqa: E731
+                             for r in _results(rows)]  # search_time_s: a wall time
+    assert timeless(out["rows"]) == timeless(ref["rows"])
+    assert not (work / "checkpoints").exists()

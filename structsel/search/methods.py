@@ -155,21 +155,28 @@ class GradientSearch:
         return problem.budget.inner_steps + _HYPERGRADIENT_COST[self.hypergradient]
 
     def search(self, problem, evaluator, *, key, restarts: int, relaxation: str | None = None,
-               progress: bool = False, jit: Callable = jax.jit) -> Outcome:
+               progress: bool = False, jit: Callable = jax.jit,
+               checkpoint: Callable | None = None) -> Outcome:
         """Bilevel training of `restarts` supernets (x the path's c values), argmax per edge.
 
         structure_level "both": the path with q(Gamma) at the inner level, then at the outer
         level (two compiled programs, the same keys), the proposals of both returned.
+        `checkpoint(name, chunk)`: None, or the `structsel.checkpoint.Checkpointer` of the
+        part `name` of the search, advanced `chunk` outer steps per call (`run_chunks`
+        saves and resumes through it; `runner.search_checkpoints`).
         """
         if self.structure_level == "both":
             runs = [dataclasses.replace(self, structure_level=level).search(
                 problem, evaluator, key=key, restarts=restarts, relaxation=relaxation,
-                progress=progress, jit=jit) for level in ("inner", "outer")]
+                progress=progress, jit=jit, checkpoint=checkpoint)
+                for level in ("inner", "outer")]
             return _concatenate(runs, ("inner", "outer"))
         return self._search(problem, evaluator, key=key, restarts=restarts,
-                            relaxation=relaxation, progress=progress, jit=jit)
+                            relaxation=relaxation, progress=progress, jit=jit,
+                            checkpoint=checkpoint)
 
-    def _search(self, problem, evaluator, *, key, restarts, relaxation, progress, jit):
+    def _search(self, problem, evaluator, *, key, restarts, relaxation, progress, jit,
+                checkpoint=None):
         """One structure level: see `search`.
 
         All runs (restart-major: row r * P + p is restart r at c = path[p]; the c values of
@@ -195,13 +202,20 @@ class GradientSearch:
         # equal segments in one run_chunks, then the remainder (its own compiled length);
         # the trainer freezes a diverged run at its last finite state: only that is checked
         parts, size = [], segments[0]
-        for n, steps in ((size, size * segments.count(size)),
-                         (segments[-1], segments[-1] if segments[-1] != size else 0)):
+        for part, (n, steps) in enumerate(((size, size * segments.count(size)),
+                                           (segments[-1], segments[-1] if segments[-1] != size
+                                            else 0))):
             if steps:
-                states, hist, _ = loop.run_chunks(
-                    compiled[n], states, num_steps=steps, chunk=n, args=(train, val),
-                    history_axis=1, desc=f"search ({space.name})", progress=progress,
-                    check_finite=lambda st, _: {"state": st})
+                ckpt = (None if checkpoint is None
+                        else checkpoint(f"{self.structure_level}_{part}", n))
+                try:
+                    states, hist, _ = loop.run_chunks(
+                        compiled[n], states, num_steps=steps, chunk=n, args=(train, val),
+                        history_axis=1, desc=f"search ({space.name})", progress=progress,
+                        check_finite=lambda st, _: {"state": st}, checkpointer=ckpt)
+                finally:
+                    if ckpt is not None:
+                        ckpt.close()
                 parts.append(hist)
         full = loop.concatenate(parts, axis=1)
         history = {k: v for k, v in full.items() if k != "structure"}
@@ -365,7 +379,7 @@ class RandomSearch(BlackBoxSearch):
     """Uniform draws without replacement, evaluated in vmapped batches; keep the best."""
 
     def search(self, problem, evaluator, *, key, restarts, relaxation=None, progress=False,
-               jit=jax.jit) -> Outcome:
+               jit=jax.jit, checkpoint=None) -> Outcome:
         n = _blackbox_budget(problem)
         choices, rows = [], []
         for r, k in enumerate(jax.random.split(key, restarts)):
@@ -386,7 +400,7 @@ class Reinforce(BlackBoxSearch):
     batch_size: int = 8
 
     def search(self, problem, evaluator, *, key, restarts, relaxation=None, progress=False,
-               jit=jax.jit) -> Outcome:
+               jit=jax.jit, checkpoint=None) -> Outcome:
         from structsel.search.reinforce import controller_sample, run_reinforce
 
         n = _blackbox_budget(problem)
@@ -422,7 +436,7 @@ class OptunaTPE(BlackBoxSearch):
                              "(pip install optuna, or the extra .[optuna]); it is not installed") from None
 
     def search(self, problem, evaluator, *, key, restarts, relaxation=None, progress=False,
-               jit=jax.jit) -> Outcome:
+               jit=jax.jit, checkpoint=None) -> Outcome:
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -461,7 +475,7 @@ class AdaNetSearch(BlackBoxSearch):
     max_rounds: int = 5
 
     def search(self, problem, evaluator, *, key, restarts, relaxation=None, progress=False,
-               jit=jax.jit) -> Outcome:
+               jit=jax.jit, checkpoint=None) -> Outcome:
         from structsel.search.adanet import run_adanet
 
         if problem.task.name != "classification":

@@ -13,13 +13,16 @@ import functools
 import json
 import math
 import pathlib
+import shutil
 import time
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import numpy as np
 
 from structsel import data as data_lib
+from structsel import runs as runs_lib
 from structsel.runs import Run
 from structsel.search import enumeration, references, spaces
 from structsel.search.enumeration import TrainConfig, train_structures
@@ -59,6 +62,10 @@ class Budget:
     search_batch_size: int = 0
     evaluations: int = 0         # black-box evaluations (0: the gradient methods' compute)
     retrain_seeds: int = 3       # seeds of the final from-scratch retrain
+    # width of the space in which the proposals are retrained and returned (0: `width`):
+    # the search runs on a narrow proxy of the space, the selection is trained wider
+    # (as DARTS searches 8 cells of 16 channels and trains 20 cells of 36)
+    retrain_width: int = 0
     # the returned model is the deep ensemble of the retrain_seeds models (their averaged
     # class probabilities / predictions), selected by the ensemble's validation metric
     ensemble: bool = False
@@ -83,7 +90,7 @@ class Budget:
                     raise ValueError(f"budget {f.name} must be 0 or 1, got {value!r}")
                 continue
             lower = 0 if f.name in ("batch_size", "evaluations", "warmup_steps",
-                                    "eval_every", "search_batch_size") else 1
+                                    "eval_every", "search_batch_size", "retrain_width") else 1
             if f.type in ("int",) and (not isinstance(value, int) or value < lower):
                 raise ValueError(f"budget {f.name} must be an int >= {lower}, got {value!r}")
             if f.name == "weight_decay":
@@ -102,6 +109,11 @@ class Budget:
                            batch_size=self.batch_size or None, weight_decay=self.weight_decay,
                            schedule=self.schedule, warmup_steps=self.warmup_steps,
                            eval_every=self.eval_every)
+
+    @property
+    def final_width(self) -> int:
+        """The width of the returned model: `retrain_width`, or `width` when it is 0."""
+        return self.retrain_width or self.width
 
     def restart_batching(self, layout: str) -> str:
         """'vmap' or 'map' for the restarts of a gradient search on a space of `layout`."""
@@ -143,9 +155,12 @@ TABLE_FIELDS = ("width", "train_steps", "learning_rate", "batch_size", "weight_d
 def table_matches(table: dict, budget: Budget) -> bool:
     """Whether `budget` trains structures as the enumeration `table` did (same data size too)."""
     fields = TABLE_FIELDS + (("mnist1d_samples",) if table.get("dataset") == "mnist1d" else ())
-    stored = table.get("settings", {}).get("budget", {})
     defaults = {f.name: f.default for f in dataclasses.fields(Budget)}
-    return all(stored.get(k, defaults[k]) == getattr(budget, k) for k in fields)
+    stored = {**defaults, **table.get("settings", {}).get("budget", {})}
+    # "width": the width the structures are trained at (the table's, the returned model's)
+    stored["width"] = stored["retrain_width"] or stored["width"]
+    mine = {**dataclasses.asdict(budget), "width": budget.final_width}
+    return all(stored[k] == mine[k] for k in fields)
 
 
 def default_budget(dataset: str, space: str | None = None) -> str:
@@ -224,16 +239,24 @@ class SearchConfig:
     fallback: bool = True    # return the linear model when the selection does not beat it
     gradient_boosting: bool = True  # HistGradientBoosting baseline (if scikit-learn is there)
     kl_weights: tuple | None = None  # KL weights c of a Bayesian method (None: its path)
+    # checkpoints of a gradient search every this many outer steps (0: none), in
+    # <workdir>/checkpoints; `resume` continues from them (else they are cleared first)
+    checkpoint_every: int = 0
+    resume: bool = False
+    checkpoint_dir: str | None = None  # where the checkpoints go (None: <workdir>/checkpoints)
 
 
 def search_config(*, data=None, target=None, task=None, dataset=None, space=None,
                   method=None, relaxation=None, seed=0, seeds=1, budget=None,
                   workdir=None, split_seed=None, fallback=True,
-                  gradient_boosting=True, kl_weights=None) -> SearchConfig:
+                  gradient_boosting=True, kl_weights=None, checkpoint_every=0,
+                  resume=False, checkpoint_dir=None) -> SearchConfig:
     """Validated SearchConfig (ValueError / DataError naming the bad argument).
 
     `seed` seeds the split, the initialisations and the search; `split_seed` (default:
-    `seed`) overrides the split's seed alone.
+    `seed`) overrides the split's seed alone. `checkpoint_every` > 0 saves the state of a
+    gradient search every that many outer steps (rounded up to the search's chunk);
+    `resume` continues an interrupted search of the same config in the same workdir.
     """
     from structsel.search import methods
 
@@ -267,10 +290,20 @@ def search_config(*, data=None, target=None, task=None, dataset=None, space=None
     methods.METHODS[method].check(relaxation=relaxation, space=space)
     if kl_weights is not None:
         kl_weights = methods.check_kl_weights(method, kl_weights)
+    if (isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, (int, np.integer))
+            or checkpoint_every < 0):
+        raise ValueError(f"checkpoint_every must be an int >= 0 (0: no checkpoints), "
+                         f"got {checkpoint_every!r}")
+    if checkpoint_every and not isinstance(methods.METHODS[method], methods.GradientSearch):
+        gradient = [n for n, m in methods.METHODS.items()
+                    if isinstance(m, methods.GradientSearch)]
+        raise ValueError(f"checkpoint_every applies to the gradient methods ({', '.join(gradient)}), "
+                         f"not to method {method!r}")
     workdir = workdir or f"results/search/{dataset}_{method}_{seed}"
     return SearchConfig(dataset, data, target, task, space, method, relaxation, int(seed),
                         int(seeds), budget, str(workdir), int(split_seed), bool(fallback),
-                        bool(gradient_boosting), kl_weights)
+                        bool(gradient_boosting), kl_weights, int(checkpoint_every),
+                        bool(resume), None if checkpoint_dir is None else str(checkpoint_dir))
 
 
 def load_data(*, dataset: str, data: str | None, target: str | None, task: str | None,
@@ -306,6 +339,20 @@ def make_problem(ds: data_lib.Dataset, space_name: str, budget: Budget) -> Probl
     if space.layout == "vector" and ds.x_train.ndim != 2:
         raise ValueError(f"space {space_name} needs tabular features (n, d)")
     return Problem(space, task, enumeration.splits_of(ds, space.prepare), budget, ds.name)
+
+
+def final_problem(problem: Problem) -> Problem:
+    """`problem` with its space at the budget's `final_width` (the width the proposals are
+    retrained and returned at); `problem` itself when that is the search's width."""
+    width = problem.budget.final_width
+    if width == problem.budget.width:
+        return problem
+    space = spaces.build_space(problem.space.name, num_outputs=problem.task.num_outputs,
+                               width=width)
+    if space.family.num_ops != problem.space.family.num_ops:  # a space whose op set grows
+        raise ValueError(f"budget retrain_width {width}: space {space.name} has other ops at "
+                         f"width {width} than at width {problem.budget.width}")
+    return problem._replace(space=space)
 
 
 @functools.lru_cache(maxsize=32)
@@ -447,10 +494,18 @@ def _search_and_write(run, config, ds, problem, method, progress, start) -> dict
     """The search, the retrain and the reviews of `run_search`, writing into `run`;
     summary.json last (its presence says the run finished)."""
     evaluator = Evaluator(problem, progress=progress)
+    final = final_problem(problem)  # the proposals are retrained at the final width
     key = prng_key(config.seed)
     k_search, k_retrain = jax.random.split(key)
+    checkpoints = (run.path("checkpoints") if config.checkpoint_dir is None
+                   else pathlib.Path(config.checkpoint_dir))
+    if not config.resume:  # a fresh run: an earlier run's checkpoints are not this one's
+        shutil.rmtree(checkpoints, ignore_errors=True)
+    checkpoint = (search_checkpoints(config, ds, checkpoints) if config.checkpoint_every
+                  else None)
     outcome = method.search(problem, evaluator, key=k_search, restarts=config.seeds,
-                            relaxation=config.relaxation, progress=progress, jit=jax.jit)
+                            relaxation=config.relaxation, progress=progress, jit=jax.jit,
+                            checkpoint=checkpoint)
     for t, row in enumerate(outcome.history):
         run.log_metrics(t, **row)
     divergence_warnings = _check_divergence(outcome, run)
@@ -471,12 +526,14 @@ def _search_and_write(run, config, ds, problem, method, progress, start) -> dict
                    "test_metric": report["test_metric"], "extra": outcome.extra}
         run.write_json("structure.json", {"adanet_ensemble": report["ensemble"]})
     else:
-        summary = _retrain_selected(problem, evaluator, outcome, run, config, k_retrain, base)
+        summary = _retrain_selected(final, evaluator if final is problem else Evaluator(
+            final, progress=progress), outcome, run, config, k_retrain, base,
+            search_space=problem.space)
     # Compare with the constant and linear references (and HistGradientBoosting) on the
     # same split; return the linear model when the selection does not beat it.
     summary, decision = references.review(
-        summary, problem.task, enumeration.splits_of(ds), family=problem.space.family,
-        choice=problem.space.vertex(summary["choice"]) if "choice" in summary else None,
+        summary, problem.task, enumeration.splits_of(ds), family=final.space.family,
+        choice=final.space.vertex(summary["choice"]) if "choice" in summary else None,
         seed=config.seed, fallback=config.fallback,
         gradient_boosting=config.gradient_boosting, jit=jax.jit)
     summary["warnings"] = divergence_warnings + summary["warnings"]
@@ -497,7 +554,31 @@ def _search_and_write(run, config, ds, problem, method, progress, start) -> dict
                                       "split": ds.split})
     summary["wall_time_s"] = time.perf_counter() - start
     run.write_summary(summary)
+    shutil.rmtree(checkpoints, ignore_errors=True)  # finished: summary.json says so
     return summary
+
+
+def search_checkpoints(config: SearchConfig, ds: data_lib.Dataset, directory: pathlib.Path
+                       ) -> Callable:
+    """checkpoint(name, chunk) -> the Checkpointer of one part of a gradient search
+    (`GradientSearch.search`): <directory>/<name>, saving every `config.checkpoint_every`
+    outer steps rounded up to a multiple of the part's `chunk`. Its fingerprint is the
+    config (less the workdir and the checkpoint settings), the split and the versions of
+    the packages that decide the numbers: a checkpoint of another run is refused
+    (CheckpointError naming the mismatch), never silently restarted."""
+    from structsel.checkpoint import Checkpointer
+
+    identity = {k: v for k, v in dataclasses.asdict(config).items()
+                if k not in ("workdir", "checkpoint_every", "resume", "checkpoint_dir")}
+    versions = runs_lib.package_versions(("structsel", "jax", "jaxlib", "flax", "optax",
+                                          "distrax"))
+
+    def checkpoint(name: str, chunk: int) -> Checkpointer:
+        every = -(-config.checkpoint_every // chunk) * chunk
+        return Checkpointer(directory / name, every=every, fingerprint={
+            "config": identity, "split": ds.split, "part": name, "chunk": chunk,
+            "versions": versions})
+    return checkpoint
 
 
 def _check_divergence(outcome, run) -> list[str]:
@@ -520,11 +601,13 @@ def _check_divergence(outcome, run) -> list[str]:
             "proposals are the structures of their last finite state"]
 
 
-def _retrain_selected(problem, evaluator, outcome, run, config, key, base) -> dict:
+def _retrain_selected(problem, evaluator, outcome, run, config, key, base, *,
+                      search_space) -> dict:
     """Retrains every distinct proposal (restarts x the path's c values) from scratch, keeps
     the best by validation metric with the one-standard-error rule (ties to fewer
     parameters, `selection.one_se_choice`), scores it against the enumeration table and
-    writes structure.json, front.json and the figures."""
+    writes structure.json, front.json and the figures. `problem` is at the final width
+    (`final_problem`); `search_space` names the ops of the searched Gamma."""
     from structsel.search import selection as sel
 
     proposals = np.asarray(outcome.choices)
@@ -546,7 +629,7 @@ def _retrain_selected(problem, evaluator, outcome, run, config, key, base) -> di
                                                       range(len(proposals))))]
     summary = {
         **base, "selected": space.selected(choice), "choice": [int(c) for c in choice],
-        "gamma": {label: {op: float(v) for op, v in zip(space.op_names, g)}
+        "gamma": {label: {op: float(v) for op, v in zip(search_space.op_names, g)}
                   for label, g in zip(space.edge_labels, gamma)},
         "params": int(chosen.params[best]),
         "val_metric": float(chosen.val[best].mean()),
@@ -578,12 +661,13 @@ def _retrain_selected(problem, evaluator, outcome, run, config, key, base) -> di
     sel.plot_front(front, run.path("front.png"), table=table,
                    metric=problem.task.metric_name)
     run.write_json("structure.json", {**space.export(choice), "dataset": problem.dataset,
-                                      "task": problem.task.name, "width": config.budget.width,
+                                      "task": problem.task.name,
+                                      "width": config.budget.final_width,
                                       "budget": dataclasses.asdict(config.budget),
                                       "num_outputs": problem.task.num_outputs})
     spaces.plot_cell(space, choice, run.path("cell.png"))
     if outcome.gamma_history is not None:
-        spaces.plot_gamma_history(space, np.asarray(outcome.gamma_history[runs[0]]),
+        spaces.plot_gamma_history(search_space, np.asarray(outcome.gamma_history[runs[0]]),
                                  run.path("gamma.png"))
     return summary
 
@@ -611,7 +695,7 @@ def run_enumeration(*, space: str, dataset: str, seeds: int = 3, seed: int = 0,
         raise ValueError(f"out {out} is a directory; give the path of the table's .json file")
     b = parse_budget(budget if budget is not None else default_budget(dataset, space))
     ds = load_data(dataset=dataset, data=None, target=None, task=None, split_seed=seed, budget=b)
-    problem = make_problem(ds, space, b)
+    problem = final_problem(make_problem(ds, space, b))  # trained as a search returns them
     if problem.space.discrete.size > 4096:
         raise ValueError(f"space {space} has {problem.space.discrete.size} structures; "
                          "enumerate spaces with at most 4096")
