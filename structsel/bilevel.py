@@ -150,6 +150,11 @@ class BilevelTrainer:
         keys, so full-batch runs are unchanged). The validation batch stays whole. The
         losses must then scale their prior terms by the full data size (e.g.
         ``Objective(num_data=...)``), not by B.
+      data_mesh: None, or a 1-D ``jax.sharding.Mesh``: data parallelism of one run. The
+        rows of every minibatch are split over the mesh's devices
+        (``with_sharding_constraint``, so XLA partitions the steps and all-reduces the
+        gradients); needs `batch_size` divisible by the number of devices. The numbers
+        are those of one device up to float32 reassociation.
     """
 
     inner_loss: Callable
@@ -163,6 +168,7 @@ class BilevelTrainer:
     warmup_steps: int = 0
     structure_fn: Callable | None = None
     batch_size: int | None = None
+    data_mesh: Any = None
 
     def __post_init__(self):
         if not callable(self.inner_loss) or not callable(self.outer_loss):
@@ -189,6 +195,15 @@ class BilevelTrainer:
         if self.batch_size is not None and (not _is_int(self.batch_size)
                                             or self.batch_size < 1):
             raise ValueError(f"batch_size must be None or an int >= 1, got {self.batch_size!r}")
+        if self.data_mesh is not None:
+            if (not isinstance(self.data_mesh, jax.sharding.Mesh)
+                    or len(self.data_mesh.axis_names) != 1):
+                raise ValueError(f"data_mesh must be None or a 1-D jax.sharding.Mesh, got "
+                                 f"{self.data_mesh!r}")
+            if self.batch_size is None or self.batch_size % self.data_mesh.size:
+                raise ValueError(f"data_mesh of {self.data_mesh.size} devices needs a "
+                                 f"batch_size divisible by {self.data_mesh.size}, got "
+                                 f"{self.batch_size!r}")
         if self.structure_fn is not None and not callable(self.structure_fn):
             raise ValueError("structure_fn must be None or a callable (params, hparams, ctx)")
 
@@ -276,7 +291,12 @@ class BilevelTrainer:
         key = jax.random.fold_in(jax.random.fold_in(state.key, state.step), _BATCH_STREAM)
         idx = jax.vmap(lambda k: jax.random.choice(k, num, (self.batch_size,), replace=False))(
             jax.random.split(key, self.inner_steps + 1))
-        return jax.tree.map(lambda a: a[idx], train_batch)
+        batches = jax.tree.map(lambda a: a[idx], train_batch)
+        if self.data_mesh is not None:  # (steps, rows, ...): the rows over the devices
+            rows = jax.sharding.NamedSharding(
+                self.data_mesh, jax.sharding.PartitionSpec(None, self.data_mesh.axis_names[0]))
+            batches = jax.tree.map(lambda a: jax.lax.with_sharding_constraint(a, rows), batches)
+        return batches
 
     def run(self, state: BilevelState, train_batch, val_batch, num_steps: int):
         """``num_steps`` outer steps in one ``lax.scan`` (full-batch data, or minibatches

@@ -4,7 +4,7 @@
                      [--dataset NAME] [--space NAME] [--method NAME] [--relaxation NAME]
                      [--seed N] [--split-seed N] [--seeds N] [--budget PRESET[,key=value...]]
                      [--no-fallback] [--no-gradient-boosting] [--workdir DIR]
-                     [--checkpoint-every STEPS] [--resume]
+                     [--checkpoint-every STEPS] [--resume] [--devices all|N]
     structsel enumerate --space mlp3 --dataset digits --seeds 3 [--budget ...] [--out FILE]
     structsel retrain --structure FILE [--data FILE ...] [--seed N] [--workdir DIR]
     structsel sweep TARGET --grid KEY=V1,V2,... [--grid ...] --seeds N [--workdir DIR]
@@ -104,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--resume", action="store_true",
                    help="continue an interrupted search of the same command from its last "
                         "checkpoint (without it, old checkpoints are cleared)")
+    s.add_argument("--devices", metavar="all|N",
+                   help="split the rows of the gradient search's minibatches over N local "
+                        "devices (data parallelism; default: one device)")
     s.set_defaults(func=_search)
 
     e = sub.add_parser("enumerate", help="train every structure of a space (ground truth)")
@@ -184,7 +187,7 @@ def _search(args) -> int:
         split_seed=args.split_seed, seeds=args.seeds, budget=args.budget,
         workdir=args.workdir, fallback=not args.no_fallback,
         gradient_boosting=not args.no_gradient_boosting, kl_weights=args.kl_weight,
-        checkpoint_every=args.checkpoint_every, resume=args.resume)
+        checkpoint_every=args.checkpoint_every, resume=args.resume, devices=args.devices)
     from structsel.checkpoint import CheckpointError
     try:
         summary = runner.run_search(config, progress=not args.no_progress)

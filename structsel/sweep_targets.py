@@ -14,7 +14,8 @@ runs a list of runs sharing every static key. Three kinds:
   compiled programs are shared through the search's `ProgramCache` / trainer cache. A
   gradient search checkpoints its state in the sweep's checkpoints/ folder (every chunk
   of outer steps, or `checkpoint_every`), so a resumed sweep continues an interrupted
-  search where it stopped.
+  search where it stopped; with `--devices`, each search splits the rows of its
+  minibatches over the devices (data parallelism of one run).
 - any other experiment of `experiments/` (`Experiment`): its `Config` fields as keys
   (plus `smoke`), each run a call of its `main` (a plain loop).
 
@@ -377,11 +378,13 @@ class Search:
     def check(self, setting: Mapping[str, Any]) -> None:
         self.config(setting, seed=0, workdir="unused")
 
-    def config(self, setting, *, seed, workdir, checkpoint_dir=None, checkpoint_every=None):
+    def config(self, setting, *, seed, workdir, checkpoint_dir=None, checkpoint_every=None,
+               devices=None):
         """The validated `SearchConfig` of one run; with `checkpoint_dir`, a gradient
         search checkpoints there (every `checkpoint_every` outer steps, default every
         chunk) and resumes from what it finds (the sweep refuses a busy workdir without
-        --resume)."""
+        --resume). `devices`: the sweep's device count, over which each search splits
+        its minibatch rows (`runner.data_mesh`)."""
         from structsel.search import runner
         budget_fields = [f.name for f in dataclasses.fields(runner.Budget) if f.name != "name"]
         preset = setting["budget"] or runner.default_budget(setting["dataset"], setting["space"])
@@ -392,7 +395,7 @@ class Search:
             dataset=setting["dataset"], space=setting["space"], method=setting["method"],
             relaxation=setting["relaxation"], seed=seed, seeds=setting["restarts"],
             budget=preset + overrides, workdir=str(workdir), split_seed=setting["split_seed"],
-            gradient_boosting=False, kl_weights=kl)
+            gradient_boosting=False, kl_weights=kl, devices=devices)
         from structsel.search import methods
         if checkpoint_dir is None or not isinstance(methods.METHODS[config.method],
                                                     methods.GradientSearch):
@@ -409,7 +412,8 @@ class Search:
                     else env.checkpoint_dir / env.run_dirs[i].name)
             summary = runner.run_search(self.config(
                 setting, seed=seed, workdir=env.run_dirs[i], checkpoint_dir=ckpt,
-                checkpoint_every=env.checkpoint_every), progress=False)
+                checkpoint_every=env.checkpoint_every,
+                devices=None if env.mesh is None else env.mesh.size), progress=False)
             row = {m: summary.get(m, math.nan) for m in self.metrics}
             row = {k: (float(v) if isinstance(v, (int, float)) else math.nan)
                    for k, v in row.items()}

@@ -268,6 +268,36 @@ def test_minibatches_are_distinct_rows_fresh_each_step():
         bilevel.BilevelTrainer(inner, outer, optax.sgd(1.0), optax.sgd(0.1), batch_size=0)
 
 
+def test_data_mesh_splits_the_minibatch_rows_over_devices():
+    # One run, data parallel: the minibatch rows are split over 4 (emulated) devices; XLA
+    # partitions the steps and all-reduces the gradients. Oracle: the same trainer on one
+    # device; float32 reassociation of the partial sums over 20 steps (rtol 1e-5).
+    from jax.sharding import AxisType
+    if jax.device_count() < 4:
+        pytest.skip("needs 4 devices (conftest emulates them)")
+    mesh = jax.make_mesh((4,), ("data",), axis_types=(AxisType.Auto,))
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(64, 3)), jnp.float32)
+    y = x @ jnp.array([1.0, -2.0, 0.5]) + 0.1 * jnp.asarray(rng.normal(size=64), jnp.float32)
+    inner = lambda th, h, b, ctx: jnp.mean((b[0] @ th - b[1]) ** 2) + jnp.exp(h) * th @ th  # noqa: E731
+    outer = lambda th, h, b, ctx: jnp.mean((b[0] @ th - b[1]) ** 2)  # noqa: E731
+    kwargs = dict(inner_steps=3, batch_size=16)
+    plain = bilevel.BilevelTrainer(inner, outer, optax.adam(0.05), optax.adam(0.05), **kwargs)
+    split = bilevel.BilevelTrainer(inner, outer, optax.adam(0.05), optax.adam(0.05),
+                                   data_mesh=mesh, **kwargs)
+    state = plain.init(jnp.zeros(3), jnp.asarray(-1.0), key=jax.random.key(0))
+    run = lambda t: jax.jit(lambda s: t.run(s, (x, y), (x, y), 20))  # noqa: E731
+    (s1, h1), (s2, h2) = run(plain)(state), run(split)(state)
+    np.testing.assert_allclose(np.asarray(s2.params), np.asarray(s1.params), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(h2["outer_loss"]), np.asarray(h1["outer_loss"]),
+                               rtol=1e-5)
+    assert "all-reduce" in run(split).lower(state).compile().as_text()
+    assert "all-reduce" not in run(plain).lower(state).compile().as_text()
+    with pytest.raises(ValueError, match="batch_size divisible by 4, got 6"):
+        bilevel.BilevelTrainer(inner, outer, optax.sgd(1.0), optax.sgd(0.1), batch_size=6,
+                               data_mesh=mesh)
+
+
 def test_validation():
     with pytest.raises(ValueError, match="hypergradient_method"):
         _trainer(hypergradient_method="newton")

@@ -197,7 +197,7 @@ def test_sigint_leaves_a_workdir_marked_interrupted(tmp_path):
     assert proc.returncode == 130, err
     assert err.strip().splitlines() == [
         "structsel: interrupted; the workdir's status.json says 'interrupted' and it has no "
-        "summary.json"]
+        "summary.json (with --checkpoint-every, --resume continues it)"]
     assert runs.read_status(workdir)["state"] == "interrupted"
     assert not (workdir / "summary.json").exists()
     assert json.loads((workdir / "config.json").read_text())["config"]["method"] == "random"

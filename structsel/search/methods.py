@@ -148,7 +148,8 @@ class GradientSearch:
             hypergradient_options=tuple(sorted(options.items())),
             temperature=_SCHEDULES[kind](t0, t1, b.search_steps), structure_fn=obj.structure,
             warmup_steps=int(self.warmup_fraction * b.search_steps),
-            batch_size=_search_batch(problem))
+            batch_size=_search_batch(problem),
+            data_mesh=problem.mesh if _search_batch(problem) is not None else None)
 
     def grads_per_step(self, problem) -> float:
         """Gradient evaluations per outer step: S inner + the hypergradient's cost."""
@@ -184,7 +185,8 @@ class GradientSearch:
         """
         d, space, b = problem.data, problem.space, problem.budget
         obj, trainer, compiled = PROGRAMS.get(self, space, problem.task, b, relaxation,
-                                              num_train=int(d.x_train.shape[0]))
+                                              num_train=int(d.x_train.shape[0]),
+                                              mesh=problem.mesh)
         train, val = (d.x_train, d.y_train), (d.x_val, d.y_val)
         num_c = max(1, len(self.path))
         keys = jax.random.split(key, restarts)
@@ -305,11 +307,11 @@ class ProgramCache:
         self.maxsize, self._entries = maxsize, {}
 
     def get(self, method: "GradientSearch", space, task, budget, relaxation, *,
-            num_train: int):
-        key = (method, space, task, budget, relaxation, num_train)
+            num_train: int, mesh=None):
+        key = (method, space, task, budget, relaxation, num_train, mesh)
         entry = self._entries.pop(key, None)
         if entry is None:
-            problem = _Static(space, task, budget, num_train)
+            problem = _Static(space, task, budget, num_train, mesh)
             obj = method.objective(problem, relaxation)
             entry = (obj, method.trainer(problem, obj), {})
         self._entries[key] = entry
@@ -329,6 +331,7 @@ class _Static(NamedTuple):
     task: Any
     budget: Any
     num_train: int  # training rows (the minibatches' data size m)
+    mesh: Any = None  # 1-D device mesh of the minibatches' rows (data parallelism), or None
 
 
 def _search_batch(problem) -> int | None:

@@ -244,19 +244,22 @@ class SearchConfig:
     checkpoint_every: int = 0
     resume: bool = False
     checkpoint_dir: str | None = None  # where the checkpoints go (None: <workdir>/checkpoints)
+    devices: int | str | None = None  # "all" or N: the search's minibatch rows over N devices
 
 
 def search_config(*, data=None, target=None, task=None, dataset=None, space=None,
                   method=None, relaxation=None, seed=0, seeds=1, budget=None,
                   workdir=None, split_seed=None, fallback=True,
                   gradient_boosting=True, kl_weights=None, checkpoint_every=0,
-                  resume=False, checkpoint_dir=None) -> SearchConfig:
+                  resume=False, checkpoint_dir=None, devices=None) -> SearchConfig:
     """Validated SearchConfig (ValueError / DataError naming the bad argument).
 
     `seed` seeds the split, the initialisations and the search; `split_seed` (default:
     `seed`) overrides the split's seed alone. `checkpoint_every` > 0 saves the state of a
     gradient search every that many outer steps (rounded up to the search's chunk);
     `resume` continues an interrupted search of the same config in the same workdir.
+    `devices` ("all" or N) splits the rows of the gradient search's minibatches over N
+    local devices (`data_mesh`; data parallelism of the one run).
     """
     from structsel.search import methods
 
@@ -303,7 +306,19 @@ def search_config(*, data=None, target=None, task=None, dataset=None, space=None
     return SearchConfig(dataset, data, target, task, space, method, relaxation, int(seed),
                         int(seeds), budget, str(workdir), int(split_seed), bool(fallback),
                         bool(gradient_boosting), kl_weights, int(checkpoint_every),
-                        bool(resume), None if checkpoint_dir is None else str(checkpoint_dir))
+                        bool(resume), None if checkpoint_dir is None else str(checkpoint_dir),
+                        _check_devices(devices))
+
+
+def _check_devices(devices):
+    """None, "all" or an int >= 1 (also its text); ValueError otherwise."""
+    if devices is None or devices == "all":
+        return devices
+    if isinstance(devices, str) and devices.isdigit():
+        devices = int(devices)
+    if isinstance(devices, bool) or not isinstance(devices, (int, np.integer)) or devices < 1:
+        raise ValueError(f"devices must be 'all' or an int >= 1, got {devices!r}")
+    return int(devices)
 
 
 def load_data(*, dataset: str, data: str | None, target: str | None, task: str | None,
@@ -330,15 +345,36 @@ class Problem(NamedTuple):
     data: enumeration.Splits
     budget: Budget
     dataset: str
+    mesh: Any = None  # 1-D device mesh "data" of the search's minibatch rows, or None
 
 
-def make_problem(ds: data_lib.Dataset, space_name: str, budget: Budget) -> Problem:
-    """Builds the space for the dataset's task and the (prepared) arrays."""
+def make_problem(ds: data_lib.Dataset, space_name: str, budget: Budget, *,
+                 mesh=None) -> Problem:
+    """Builds the space for the dataset's task and the (prepared) arrays; `mesh`
+    (`data_mesh`) splits the rows of the gradient search's minibatches over devices."""
     task = enumeration.task_of(ds)
     space = spaces.build_space(space_name, num_outputs=task.num_outputs, width=budget.width)
     if space.layout == "vector" and ds.x_train.ndim != 2:
         raise ValueError(f"space {space_name} needs tabular features (n, d)")
-    return Problem(space, task, enumeration.splits_of(ds, space.prepare), budget, ds.name)
+    return Problem(space, task, enumeration.splits_of(ds, space.prepare), budget, ds.name,
+                   mesh)
+
+
+def data_mesh(devices) -> jax.sharding.Mesh | None:
+    """The 1-D mesh "data" over `devices` local devices ("all" or an int; None or 1: no
+    mesh, the default device). ValueError naming the allowed values otherwise."""
+    if devices is None:
+        return None
+    local = jax.local_devices()
+    n = len(local) if devices == "all" else devices
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= len(local):
+        raise ValueError(f"devices must be 'all' or an int in 1..{len(local)} (local devices), "
+                         f"got {devices!r}")
+    if n == 1:
+        return None
+    from jax.sharding import AxisType
+    return jax.make_mesh((int(n),), ("data",), axis_types=(AxisType.Auto,),
+                         devices=local[:n])
 
 
 def final_problem(problem: Problem) -> Problem:
@@ -479,7 +515,13 @@ def run_search(config: SearchConfig, *, progress: bool = True,
         split_seed=config.split_seed, budget=config.budget)
     if ds.split is not None:  # a dataset passed in was split by its caller: record that seed
         config = dataclasses.replace(config, split_seed=int(ds.split["seed"]))
-    problem = make_problem(ds, config.space, config.budget)
+    mesh = data_mesh(config.devices)
+    problem = make_problem(ds, config.space, config.budget, mesh=mesh)
+    batch = config.budget.search_batch_size
+    minibatched = 0 < batch < len(ds.y_train)
+    if mesh is not None and minibatched and batch % mesh.size:
+        raise ValueError(f"devices {mesh.size}: budget search_batch_size ({batch}) must be "
+                         f"divisible by the number of devices")
     method = methods.METHODS[config.method]
     if config.kl_weights is not None:
         method = dataclasses.replace(method, path=config.kl_weights)
@@ -515,6 +557,17 @@ def _search_and_write(run, config, ds, problem, method, progress, start) -> dict
             "num_evaluations": int(outcome.num_evaluations), "search_time_s": search_time,
             "budget": dataclasses.asdict(config.budget), "split": ds.split,
             "metric": problem.task.metric_name, "workdir": str(run.workdir)}
+    if problem.mesh is not None:
+        from structsel.search import methods
+        batch = config.budget.search_batch_size
+        base["data_parallel"] = {
+            "devices": int(problem.mesh.size),
+            "sharded": ("the search's minibatch rows"
+                        if isinstance(method, methods.GradientSearch)
+                        and 0 < batch < problem.data.x_train.shape[0] else
+                        "nothing: a full-batch search" if isinstance(
+                            method, methods.GradientSearch) else
+                        "nothing: not a gradient search")}
     if outcome.choices is None:  # a method with its own structure space (AdaNet)
         report = outcome.extra["adanet"]
         summary = {**base, "space": "adanet", "selected": {
