@@ -131,10 +131,11 @@ def expand(target, grid: dict[str, list], seeds: Sequence[int]) -> list[RunSpec]
     groups: dict[tuple, int] = {}
     runs = []
     for sid, point in enumerate(points):
-        vectorised = getattr(target, "vectorised", False)
+        together = getattr(target, "vectorised", False) or getattr(target, "groups_seeds",
+                                                                   False)
         gkey = tuple(json.dumps(to_jsonable(point[k])) for k in static)
         for seed in seeds:
-            g = groups.setdefault(gkey if vectorised else (sid, seed), len(groups))
+            g = groups.setdefault(gkey if together else (sid, seed), len(groups))
             runs.append(RunSpec(len(runs), sid, point, seed, g))
     return runs
 
@@ -408,7 +409,7 @@ def _run_group(target, group, workdir, rows_path, mesh, record, process, every, 
             raise
         message = f"error: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
         results = [{"metrics": {}, "status": message, "compile_s": math.nan,
-                    "run_s": time.perf_counter() - start}]
+                    "run_s": time.perf_counter() - start}] * len(group)
     metrics = target.metrics or sorted({m for res in results for m in res["metrics"]})
     header = _header(target, metrics)
     if rows_path.exists() and rows_path.stat().st_size:

@@ -9,13 +9,15 @@ runs a list of runs sharing every static key. Three kinds:
   (`optax.inject_hyperparams`, so it lives in the optimiser state) are traced per run;
   the run axis is sharded over the devices of a `jax.sharding.Mesh` and the group is
   advanced with `structsel.loop.run_chunks`, checkpointed as one pytree.
-- `search` (`Search`): `structsel search` with its flags as keys; the runs of a sweep
-  are a loop over `run_search` (each a whole search + retrain with its own workdir); the
-  compiled programs are shared through the search's `ProgramCache` / trainer cache. A
-  gradient search checkpoints its state in the sweep's checkpoints/ folder (every chunk
-  of outer steps, or `checkpoint_every`), so a resumed sweep continues an interrupted
-  search where it stopped; with `--devices`, each search splits the rows of its
-  minibatches over the devices (data parallelism of one run).
+- `search` (`Search`): `structsel search` with its flags as keys; the seeds of a
+  setting are one group: a gradient search runs them as ONE compiled program vmapped
+  over the seeds and their data splits (`runner.run_search_many`), then retrains and
+  writes each run's own workdir; other methods loop over `run_search`. The compiled
+  programs are shared through the search's `ProgramCache` / trainer cache. The group's
+  search checkpoints in the sweep's checkpoints/ folder (every chunk of outer steps, or
+  `checkpoint_every`), so a resumed sweep continues an interrupted search where it
+  stopped; with `--devices`, each search splits the rows of its minibatches over the
+  devices (data parallelism).
 - any other experiment of `experiments/` (`Experiment`): its `Config` fields as keys
   (plus `smoke`), each run a call of its `main` (a plain loop).
 
@@ -345,7 +347,8 @@ class Search:
     """`structsel search` runs: its flags (and the budget's fields) as grid keys."""
 
     name = "search"
-    checkpoints_runs = True   # each run checkpoints under GroupEnv.checkpoint_dir
+    checkpoints_runs = True   # a group's search checkpoints under GroupEnv.checkpoint_dir
+    groups_seeds = True       # the seeds of a setting are one group (one vmapped search)
     metrics = ("val_metric", "test_metric", "regret", "rank", "params", "num_evaluations",
                "search_time_s")
 
@@ -404,22 +407,24 @@ class Search:
                                    resume=True, checkpoint_dir=str(checkpoint_dir))
 
     def run_group(self, settings, seeds, env: GroupEnv) -> list[dict]:
+        """The seeds of one setting: a gradient search runs them as ONE program vmapped
+        over the seeds and their splits (`runner.run_search_many`, checkpointed as a
+        group); other methods one after the other."""
         from structsel.search import runner
+        configs = [self.config(setting, seed=seed, workdir=env.run_dirs[i],
+                               checkpoint_dir=env.checkpoint_dir,
+                               checkpoint_every=env.checkpoint_every,
+                               devices=None if env.mesh is None else env.mesh.size)
+                   for i, (setting, seed) in enumerate(zip(settings, seeds))]
+        summaries = runner.run_search_many(configs, progress=False)
         out = []
-        for i, (setting, seed) in enumerate(zip(settings, seeds)):
-            start = time.perf_counter()
-            ckpt = (None if env.checkpoint_dir is None
-                    else env.checkpoint_dir / env.run_dirs[i].name)
-            summary = runner.run_search(self.config(
-                setting, seed=seed, workdir=env.run_dirs[i], checkpoint_dir=ckpt,
-                checkpoint_every=env.checkpoint_every,
-                devices=None if env.mesh is None else env.mesh.size), progress=False)
+        for summary in summaries:
             row = {m: summary.get(m, math.nan) for m in self.metrics}
             row = {k: (float(v) if isinstance(v, (int, float)) else math.nan)
                    for k, v in row.items()}
             out.append({"metrics": row, "status": "ok", "compile_s": math.nan,
-                        "run_s": time.perf_counter() - start})
-            env.progress(i + 1, len(settings))
+                        "run_s": float(summary.get("wall_time_s", math.nan))})
+        env.progress(len(settings), len(settings))
         return out
 
 

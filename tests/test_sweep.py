@@ -255,21 +255,24 @@ def test_a_row_cut_by_a_kill_is_ignored_and_appending_goes_on(tmp_path):
 
 
 def test_an_interrupted_search_run_resumes_inside_the_sweep(tmp_path, monkeypatch):
-    # search runs are a loop; each gradient search checkpoints under the sweep's
-    # checkpoints/ (every chunk). Run 1 is interrupted after its checkpoint at outer step
-    # 8 of 13; the resumed sweep keeps run 0, continues run 1 from step 8 and gives the
-    # rows of an uninterrupted sweep (the same compiled programs on the same states).
+    # The seeds of a search setting are one group: one vmapped search program
+    # (run_search_many), checkpointed under the sweep's checkpoints/ every chunk. Two
+    # settings x 2 seeds; the second group is interrupted after its checkpoint at outer
+    # step 8 of 13. The resumed sweep keeps the first group's rows, continues the second
+    # group's search from step 8 and gives the rows of an uninterrupted sweep (the same
+    # compiled programs on the same states).
     from structsel import checkpoint as ckpt_lib
 
     grid = {"space": ["mlp3"], "method": ["darts1"], "budget": ["tiny"],
-            "search_steps": [13]}
+            "search_steps": [13], "search_lr": [0.03, 0.05]}
     ref = sweep("search", grid, seeds=2, workdir=tmp_path / "ref", progress=False)
+    assert [r["group"] for r in ref["rows"]] == ["0", "0", "1", "1"]
     save, restore = ckpt_lib.Checkpointer.save, ckpt_lib.Checkpointer.restore
     restored = []
 
     def save_then_interrupt(self, step, tree):
         save(self, step, tree)
-        if step == 8 and "00001" in str(self.directory):
+        if step == 8 and "runs00002-00003" in str(self.directory):
             raise KeyboardInterrupt
 
     def recording_restore(self, template):
@@ -281,14 +284,16 @@ def test_an_interrupted_search_run_resumes_inside_the_sweep(tmp_path, monkeypatc
     work = tmp_path / "cut"
     with pytest.raises(KeyboardInterrupt):
         sweep("search", grid, seeds=2, workdir=work, progress=False)
-    assert [r["run_id"] for r in read_rows(work)] == ["0"]
+    assert [r["run_id"] for r in read_rows(work)] == ["0", "1"]
     assert any((work / "checkpoints").rglob("8"))
     with pytest.raises(SweepError, match="--resume"):
         sweep("search", grid, seeds=2, workdir=work, progress=False)
     monkeypatch.setattr(ckpt_lib.Checkpointer, "save", save)
     out = sweep("search", grid, seeds=2, workdir=work, resume=True, progress=False)
-    assert restored == [("00001", 8)]  # run 1 continued from step 8 of its first part
+    assert restored == [("runs00002-00003", 8)]  # continued from step 8 of its first part
     timeless = lambda rows: [{k: v for k, v in r.items() if k != "search_time_s"}  # noqa: E731
                              for r in _results(rows)]  # search_time_s: a wall time
     assert timeless(out["rows"]) == timeless(ref["rows"])
     assert not (work / "checkpoints").exists()
+    summary = json.loads((work / "runs" / "00003" / "summary.json").read_text())
+    assert summary["search_batched_runs"] == 2

@@ -172,37 +172,71 @@ class GradientSearch:
                 progress=progress, jit=jit, checkpoint=checkpoint)
                 for level in ("inner", "outer")]
             return _concatenate(runs, ("inner", "outer"))
-        return self._search(problem, evaluator, key=key, restarts=restarts,
-                            relaxation=relaxation, progress=progress, jit=jit,
-                            checkpoint=checkpoint)
+        return self._search([problem], [key], restarts=restarts, relaxation=relaxation,
+                            progress=progress, jit=jit, checkpoint=checkpoint)[0]
 
-    def _search(self, problem, evaluator, *, key, restarts, relaxation, progress, jit,
-                checkpoint=None):
-        """One structure level: see `search`.
+    def search_many(self, problems, *, keys, restarts: int, relaxation: str | None = None,
+                    progress: bool = False, jit: Callable = jax.jit,
+                    checkpoint: Callable | None = None) -> list[Outcome]:
+        """`search` of several runs that differ only in their data split and key (same
+        space, task, budget and data shapes: e.g. the seeds of a sweep) as ONE compiled
+        program, vmapped over the runs (their data included); one Outcome per run.
+        Each run's numbers equal its own `search` up to float32 reassociation."""
+        if len(problems) != len(keys) or not problems:
+            raise ValueError(f"search_many needs one key per problem, got {len(problems)} "
+                             f"problems and {len(keys)} keys")
+        if self.structure_level == "both":
+            levels = [dataclasses.replace(self, structure_level=level).search_many(
+                problems, keys=keys, restarts=restarts, relaxation=relaxation,
+                progress=progress, jit=jit, checkpoint=checkpoint)
+                for level in ("inner", "outer")]
+            return [_concatenate(list(runs), ("inner", "outer")) for runs in zip(*levels)]
+        return self._search(problems, keys, restarts=restarts, relaxation=relaxation,
+                            progress=progress, jit=jit, checkpoint=checkpoint)
 
-        All runs (restart-major: row r * P + p is restart r at c = path[p]; the c values of
-        one restart share its initialisation) are one compiled program, vmapped or mapped.
+    def _search(self, problems, keys, *, restarts, relaxation, progress, jit,
+                checkpoint=None) -> list[Outcome]:
+        """One structure level of `search` (one problem) or `search_many` (several).
+
+        All runs of a problem (restart-major: row r * P + p is restart r at c = path[p];
+        the c values of one restart share its initialisation) are one compiled program,
+        vmapped or mapped; several problems add an outer vmap over their data and states.
         """
+        many = len(problems) > 1
+        problem = problems[0]
         d, space, b = problem.data, problem.space, problem.budget
         obj, trainer, compiled = PROGRAMS.get(self, space, problem.task, b, relaxation,
                                               num_train=int(d.x_train.shape[0]),
                                               mesh=problem.mesh)
-        train, val = (d.x_train, d.y_train), (d.x_val, d.y_val)
         num_c = max(1, len(self.path))
-        keys = jax.random.split(key, restarts)
-        keys = keys[np.repeat(np.arange(restarts), num_c)]
         coefficients = None
         if self.path:
             coefficients = objective.coefficient_batch(self.path_coefficients() * restarts,
                                                        dtype=d.x_train.dtype)
-        states = trainer.init_many(lambda k: obj.init(k, d.x_train[:1]), keys, coefficients)
+        states = []
+        for pr, key in zip(problems, keys):
+            run_keys = jax.random.split(key, restarts)[np.repeat(np.arange(restarts), num_c)]
+            states.append(trainer.init_many(lambda k, x=pr.data.x_train: obj.init(k, x[:1]),
+                                            run_keys, coefficients))
+        stack = lambda trees: jax.tree.map(lambda *a: jnp.stack(a), *trees)  # noqa: E731
+        if many:
+            states = stack(states)
+            train = stack([(pr.data.x_train, pr.data.y_train) for pr in problems])
+            val = stack([(pr.data.x_val, pr.data.y_val) for pr in problems])
+        else:
+            states, train, val = states[0], (d.x_train, d.y_train), (d.x_val, d.y_val)
         segments = _segments(b.search_steps, self.num_segments)
         batching = b.restart_batching(space.layout)
-        for n in set(segments) - set(compiled):
-            compiled[n] = jit(lambda s, tr, va, n=n: trainer.run_many(s, tr, va, n,
-                                                                      batching=batching))
+        for n in set(segments):
+            name = (n, "many") if many else n
+            if name in compiled:
+                continue
+            one = lambda s, tr, va, n=n: trainer.run_many(s, tr, va, n,  # noqa: E731
+                                                          batching=batching)
+            compiled[name] = jit(jax.vmap(one) if many else one)
         # equal segments in one run_chunks, then the remainder (its own compiled length);
         # the trainer freezes a diverged run at its last finite state: only that is checked
+        axis = 2 if many else 1
         parts, size = [], segments[0]
         for part, (n, steps) in enumerate(((size, size * segments.count(size)),
                                            (segments[-1], segments[-1] if segments[-1] != size
@@ -212,14 +246,25 @@ class GradientSearch:
                         else checkpoint(f"{self.structure_level}_{part}", n))
                 try:
                     states, hist, _ = loop.run_chunks(
-                        compiled[n], states, num_steps=steps, chunk=n, args=(train, val),
-                        history_axis=1, desc=f"search ({space.name})", progress=progress,
+                        compiled[(n, "many") if many else n], states, num_steps=steps,
+                        chunk=n, args=(train, val), history_axis=axis,
+                        desc=f"search ({space.name})", progress=progress,
                         check_finite=lambda st, _: {"state": st}, checkpointer=ckpt)
                 finally:
                     if ckpt is not None:
                         ckpt.close()
                 parts.append(hist)
-        full = loop.concatenate(parts, axis=1)
+        full = loop.concatenate(parts, axis=axis)
+        if not many:
+            return [self._outcome(problem, obj, trainer, states, full, restarts, relaxation)]
+        return [self._outcome(pr, obj, trainer, jax.tree.map(lambda a, i=i: a[i], states),
+                              jax.tree.map(lambda a, i=i: a[i], full), restarts, relaxation)
+                for i, pr in enumerate(problems)]
+
+    def _outcome(self, problem, obj, trainer, states, full, restarts, relaxation) -> Outcome:
+        """The Outcome of one problem's runs: final states and history (runs, steps)."""
+        space, b = problem.space, problem.budget
+        num_c = max(1, len(self.path))
         history = {k: v for k, v in full.items() if k != "structure"}
         gamma_history = _stack_cell(space, tuple(full["structure"]))
         ctx = objective.Context.create(jax.random.key(0), trainer.temperature(b.search_steps))

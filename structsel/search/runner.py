@@ -8,6 +8,7 @@ boundary: the `Evaluator` jits the vmapped from-scratch trainer once per batch s
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -507,9 +508,17 @@ def format_table(table: dict, top: int = 10) -> str:
 def run_search(config: SearchConfig, *, progress: bool = True,
                dataset: data_lib.Dataset | None = None) -> dict:
     """Runs one search end to end and writes the workdir; returns summary.json's dict."""
+    start = time.perf_counter()
+    config, ds, problem, method = _prepare(config, dataset)
+    run = _create_run(config, ds)
+    with run.recording():  # status.json: failed / interrupted if this raises
+        return _search_and_write(run, config, ds, problem, method, progress, start)
+
+
+def _prepare(config: SearchConfig, dataset=None):
+    """(config with the split's seed, dataset, problem, method) of one run."""
     from structsel.search import methods
 
-    start = time.perf_counter()
     ds = dataset if dataset is not None else load_data(
         dataset=config.dataset, data=config.data, target=config.target, task=config.task,
         split_seed=config.split_seed, budget=config.budget)
@@ -525,29 +534,97 @@ def run_search(config: SearchConfig, *, progress: bool = True,
     method = methods.METHODS[config.method]
     if config.kl_weights is not None:
         method = dataclasses.replace(method, path=config.kl_weights)
-    run = Run.create(config.workdir, config={**dataclasses.asdict(config),
-                                             "split": ds.split, "task": ds.task},
-                     seed=config.seed)
-    with run.recording():  # status.json: failed / interrupted if this raises
-        return _search_and_write(run, config, ds, problem, method, progress, start)
+    return config, ds, problem, method
 
 
-def _search_and_write(run, config, ds, problem, method, progress, start) -> dict:
+def _create_run(config: SearchConfig, ds) -> Run:
+    return Run.create(config.workdir, config={**dataclasses.asdict(config),
+                                              "split": ds.split, "task": ds.task},
+                      seed=config.seed)
+
+
+def run_search_many(configs: list[SearchConfig], *, progress: bool = False) -> list[dict]:
+    """Several runs of one gradient search setting that differ only in `seed` /
+    `split_seed` / `workdir` (e.g. the seeds of a sweep): their searches as ONE compiled
+    program vmapped over the runs and their splits (`GradientSearch.search_many`), then
+    each run's retraining, references and files exactly as `run_search` writes them.
+    Each run's numbers equal its own `run_search` up to float32 reassociation (tested).
+    `search_time_s` of a run is the shared search's wall time divided by the runs;
+    `search_batched_runs` says how many shared it. Checkpoints (configs[0]'s
+    `checkpoint_every` / `checkpoint_dir`) are the group's. Other methods: `run_search`
+    one after the other."""
+    from structsel.search import methods
+
+    if not configs:
+        return []
+    same = {k: v for k, v in dataclasses.asdict(configs[0]).items()
+            if k not in ("seed", "split_seed", "workdir")}
+    for c in configs[1:]:
+        other = {k: v for k, v in dataclasses.asdict(c).items()
+                 if k not in ("seed", "split_seed", "workdir")}
+        if other != same:
+            diff = sorted(k for k in same if same[k] != other[k])
+            raise ValueError(f"run_search_many: the configs may differ only in seed, "
+                             f"split_seed and workdir; they differ in {diff}")
+    if len(configs) == 1 or not isinstance(methods.METHODS[configs[0].method],
+                                           methods.GradientSearch):
+        return [run_search(c, progress=progress) for c in configs]
+    start = time.perf_counter()
+    prepared = [_prepare(c) for c in configs]
+    configs = [p[0] for p in prepared]
+    method = prepared[0][3]
+    created = [_create_run(c, p[1]) for c, p in zip(configs, prepared)]
+    first = configs[0]
+    checkpoints = (created[0].path("checkpoints") if first.checkpoint_dir is None
+                   else pathlib.Path(first.checkpoint_dir))
+    if not first.resume:
+        shutil.rmtree(checkpoints, ignore_errors=True)
+    checkpoint = None
+    if first.checkpoint_every:
+        checkpoint = search_checkpoints(first, None, checkpoints, group=[
+            {"seed": c.seed, "split": p[1].split} for c, p in zip(configs, prepared)])
+    keys = [jax.random.split(prng_key(c.seed))[0] for c in configs]
+    try:
+        outcomes = method.search_many([p[2] for p in prepared], keys=keys,
+                                      restarts=first.seeds, relaxation=first.relaxation,
+                                      progress=progress, jit=jax.jit, checkpoint=checkpoint)
+    except BaseException as err:
+        for run in created:
+            with contextlib.suppress(OSError):
+                run.set_status("interrupted" if isinstance(err, KeyboardInterrupt)
+                               else "failed", error=f"{type(err).__name__}: {err}".strip(": "))
+        raise
+    shared = (time.perf_counter() - start) / len(configs)
+    out = []
+    for run, (config, ds, problem, _), outcome in zip(created, prepared, outcomes):
+        with run.recording():
+            summary = _search_and_write(run, config, ds, problem, method, progress,
+                                        time.perf_counter() - shared, outcome=outcome,
+                                        batched=len(configs))
+        out.append(summary)
+    shutil.rmtree(checkpoints, ignore_errors=True)
+    return out
+
+
+def _search_and_write(run, config, ds, problem, method, progress, start, *, outcome=None,
+                      batched: int = 0) -> dict:
     """The search, the retrain and the reviews of `run_search`, writing into `run`;
-    summary.json last (its presence says the run finished)."""
+    summary.json last (its presence says the run finished). `outcome`: the run's search
+    already done (`run_search_many`, shared by `batched` runs)."""
     evaluator = Evaluator(problem, progress=progress)
     final = final_problem(problem)  # the proposals are retrained at the final width
     key = prng_key(config.seed)
     k_search, k_retrain = jax.random.split(key)
     checkpoints = (run.path("checkpoints") if config.checkpoint_dir is None
                    else pathlib.Path(config.checkpoint_dir))
-    if not config.resume:  # a fresh run: an earlier run's checkpoints are not this one's
-        shutil.rmtree(checkpoints, ignore_errors=True)
-    checkpoint = (search_checkpoints(config, ds, checkpoints) if config.checkpoint_every
-                  else None)
-    outcome = method.search(problem, evaluator, key=k_search, restarts=config.seeds,
-                            relaxation=config.relaxation, progress=progress, jit=jax.jit,
-                            checkpoint=checkpoint)
+    if outcome is None:
+        if not config.resume:  # a fresh run: an earlier run's checkpoints are not this one's
+            shutil.rmtree(checkpoints, ignore_errors=True)
+        checkpoint = (search_checkpoints(config, ds, checkpoints) if config.checkpoint_every
+                      else None)
+        outcome = method.search(problem, evaluator, key=k_search, restarts=config.seeds,
+                                relaxation=config.relaxation, progress=progress,
+                                jit=jax.jit, checkpoint=checkpoint)
     for t, row in enumerate(outcome.history):
         run.log_metrics(t, **row)
     divergence_warnings = _check_divergence(outcome, run)
@@ -557,6 +634,8 @@ def _search_and_write(run, config, ds, problem, method, progress, start) -> dict
             "num_evaluations": int(outcome.num_evaluations), "search_time_s": search_time,
             "budget": dataclasses.asdict(config.budget), "split": ds.split,
             "metric": problem.task.metric_name, "workdir": str(run.workdir)}
+    if batched:
+        base["search_batched_runs"] = batched
     if problem.mesh is not None:
         from structsel.search import methods
         batch = config.budget.search_batch_size
@@ -607,30 +686,33 @@ def _search_and_write(run, config, ds, problem, method, progress, start) -> dict
                                       "split": ds.split})
     summary["wall_time_s"] = time.perf_counter() - start
     run.write_summary(summary)
-    shutil.rmtree(checkpoints, ignore_errors=True)  # finished: summary.json says so
+    if not batched:  # finished: summary.json says so (a group's are its caller's)
+        shutil.rmtree(checkpoints, ignore_errors=True)
     return summary
 
 
-def search_checkpoints(config: SearchConfig, ds: data_lib.Dataset, directory: pathlib.Path
-                       ) -> Callable:
+def search_checkpoints(config: SearchConfig, ds: data_lib.Dataset | None,
+                       directory: pathlib.Path, *, group: list | None = None) -> Callable:
     """checkpoint(name, chunk) -> the Checkpointer of one part of a gradient search
     (`GradientSearch.search`): <directory>/<name>, saving every `config.checkpoint_every`
     outer steps rounded up to a multiple of the part's `chunk`. Its fingerprint is the
     config (less the workdir and the checkpoint settings), the split and the versions of
     the packages that decide the numbers: a checkpoint of another run is refused
-    (CheckpointError naming the mismatch), never silently restarted."""
+    (CheckpointError naming the mismatch), never silently restarted. `group`: the
+    seeds and splits of the runs of `run_search_many` sharing the checkpoints."""
     from structsel.checkpoint import Checkpointer
 
-    identity = {k: v for k, v in dataclasses.asdict(config).items()
-                if k not in ("workdir", "checkpoint_every", "resume", "checkpoint_dir")}
+    skip = ("workdir", "checkpoint_every", "resume", "checkpoint_dir") + (
+        ("seed", "split_seed") if group is not None else ())
+    identity = {k: v for k, v in dataclasses.asdict(config).items() if k not in skip}
     versions = runs_lib.package_versions(("structsel", "jax", "jaxlib", "flax", "optax",
                                           "distrax"))
 
     def checkpoint(name: str, chunk: int) -> Checkpointer:
         every = -(-config.checkpoint_every // chunk) * chunk
         return Checkpointer(directory / name, every=every, fingerprint={
-            "config": identity, "split": ds.split, "part": name, "chunk": chunk,
-            "versions": versions})
+            "config": identity, "part": name, "chunk": chunk, "versions": versions,
+            **({"runs": group} if group is not None else {"split": ds.split})})
     return checkpoint
 
 
