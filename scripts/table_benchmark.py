@@ -132,7 +132,7 @@ def sklearn_scores(ds, seed: int) -> dict:
 # --- one piece: a dataset x split seeds ---------------------------------------------------
 
 def run_piece(name: str, out: pathlib.Path, seeds=SPLIT_SEEDS, method: str | None = None,
-              target: str | None = None) -> dict:
+              target: str | None = None, budget: str | None = None) -> dict:
     import jax
 
     cache = tempfile.mkdtemp(prefix="structsel_cold_cache_")
@@ -145,6 +145,8 @@ def run_piece(name: str, out: pathlib.Path, seeds=SPLIT_SEEDS, method: str | Non
     for i, seed in enumerate(seeds):
         kwargs = search_args(name, out)
         extra = {"method": method} if method else {}
+        if budget:
+            extra["budget"] = budget
         config = runner.search_config(**kwargs, seed=seed, split_seed=seed,
                                       workdir=str(out / "runs" / f"{label}_{seed}"), **extra)
         ds = runner.load_data(dataset=config.dataset, data=config.data, target=target,
@@ -377,6 +379,8 @@ def main(argv=None) -> None:
     p.add_argument("--target", help="the target column of --data (default: the last)")
     p.add_argument("--seeds", default=",".join(map(str, SPLIT_SEEDS)))
     p.add_argument("--method", default=None, help="search method (default: the default)")
+    p.add_argument("--budget", default=None,
+                   help="budget preset and overrides (default: the default; an ablation)")
     p.add_argument("--timing", action="store_true", help="3000 x 60 cold / warm timing")
     p.add_argument("--report", action="store_true", help="merge the pieces")
     p.add_argument("--docs", default="docs/tables.md", help="markdown file to update ('' none)")
@@ -391,9 +395,9 @@ def main(argv=None) -> None:
         return time_one(args.time_one, args.cache, args.workdir)
     seeds = tuple(int(s) for s in args.seeds.split(","))
     if args.dataset:
-        run_piece(args.dataset, out, seeds, args.method)
+        run_piece(args.dataset, out, seeds, args.method, budget=args.budget)
     if args.data:
-        run_piece(args.data, out, seeds, args.method, target=args.target)
+        run_piece(args.data, out, seeds, args.method, target=args.target, budget=args.budget)
     if args.timing:
         run_timing(out)
     if args.report:

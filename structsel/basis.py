@@ -52,6 +52,12 @@ _REGISTRY: dict[str, Callable[..., Any]] = {}
 _SIGNATURES: dict[str, inspect.Signature] = {}
 
 
+@functools.lru_cache(maxsize=64)
+def _takes_deterministic(module_type: type) -> bool:
+    """Whether a flax module's __call__ has a `deterministic` switch (dropout)."""
+    return "deterministic" in inspect.signature(module_type.__call__).parameters
+
+
 @functools.lru_cache(maxsize=4096)
 def _output_shape(spec: "BasisSpec", shape: tuple, dtype) -> jax.ShapeDtypeStruct:
     z = jax.ShapeDtypeStruct(shape, dtype)
@@ -76,11 +82,15 @@ class BasisSpec:
             return {}
         return dict(op.init(key, z).get("params", {}))
 
-    def apply(self, params: Mapping, z: jax.Array) -> jax.Array:
-        """g(z) with weights `params`."""
+    def apply(self, params: Mapping, z: jax.Array, *, key: jax.Array | None = None
+              ) -> jax.Array:
+        """g(z) with weights `params`. `key`: None (deterministic: evaluation, and every op
+        without randomness), or a PRNG key for a stochastic op in training (dropout)."""
         op = self.build()
         if not isinstance(op, nn.Module):
             return op(z)
+        if key is not None and _takes_deterministic(type(op)):
+            return op.apply({"params": params}, z, deterministic=False, rngs={"dropout": key})
         return op.apply({"params": params}, z)
 
     def output_shape(self, z: jax.ShapeDtypeStruct) -> jax.ShapeDtypeStruct:
@@ -421,13 +431,14 @@ class _Residual(nn.Module):
     hidden: int
     activation: str
     layer_norm: bool
+    dropout: float = 0.0
 
     def _shapes(self, d: int) -> list[tuple[int, ...]]:
         h = self.hidden
         return [(d, h), (h,), (h, d), (d,)] + ([(d,), (d,)] if self.layer_norm else [])
 
     @nn.compact
-    def __call__(self, z):
+    def __call__(self, z, deterministic: bool = True):
         shapes = self._shapes(z.shape[-1])
 
         def init(key, shape, dtype=jnp.float32):
@@ -449,16 +460,24 @@ class _Residual(nn.Module):
             var = jnp.mean(jnp.square(h - mean), -1, keepdims=True)
             h = (h - mean) * jax.lax.rsqrt(var + 1e-6) * norm[0] + norm[1]
         h = ACTIVATIONS[self.activation](h @ w1 + b1)
+        if self.dropout:  # inverted dropout on the hidden units (training only)
+            h = nn.Dropout(self.dropout)(h, deterministic=deterministic)
         return z + h @ w2 + b2
 
 
 @register("residual")
-def residual(hidden: int, activation: str = "relu", layer_norm: bool = False):
-    """g(z) = z + W_2^T a(W_1^T LN(z) + b_1) + b_2 (LN only if `layer_norm`), hidden width
-    `hidden`, output width = input width: the block of ResNet-style MLPs for tables."""
+def residual(hidden: int, activation: str = "relu", layer_norm: bool = False,
+             dropout: float = 0.0):
+    """g(z) = z + W_2^T D(a(W_1^T LN(z) + b_1)) + b_2 (LN only if `layer_norm`), hidden
+    width `hidden`, output width = input width: the block of ResNet-style MLPs for tables.
+    D is inverted dropout of rate `dropout` on the hidden units when the op is applied
+    with a key (training), the identity without one (evaluation) or at rate 0."""
     _check_positive("hidden", hidden)
     _check_activation(activation)
-    return _Residual(hidden, activation, bool(layer_norm))
+    if (isinstance(dropout, bool) or not isinstance(dropout, (int, float))
+            or not 0.0 <= dropout < 1.0):
+        raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
+    return _Residual(hidden, activation, bool(layer_norm), float(dropout))
 
 
 __all__.append("residual")

@@ -81,6 +81,13 @@ class Edge:
                              f"basis.BasisSpec, got {self.ops!r}")
 
 
+def _op_key(key, edge: int, op: int):
+    """The PRNG key of op `op` of edge `edge` (None stays None: deterministic)."""
+    if key is None:
+        return None
+    return jax.random.fold_in(jax.random.fold_in(key, edge), op)
+
+
 @dataclasses.dataclass(frozen=True)
 class Family:
     """The supernet F: DAG with `num_vertices`, `edges`, one aggregation per vertex 1..V-1."""
@@ -226,16 +233,19 @@ class Family:
                     raise ValueError(f"gamma[{e}] must be finite (allowed: the cube [0, 1]^K), "
                                      f"got {g}")
 
-    def apply(self, weights, gamma, x) -> jax.Array:
-        """f(w, x) = f_{|V|-1} with f_v = agg_v({sum_l gamma^{j,v}_l g^{j,v}_l(f_j)}); any gamma in the cube."""
+    def apply(self, weights, gamma, x, *, key=None) -> jax.Array:
+        """f(w, x) = f_{|V|-1} with f_v = agg_v({sum_l gamma^{j,v}_l g^{j,v}_l(f_j)}); any gamma in the cube.
+        `key`: None (deterministic), or a PRNG key for stochastic ops in training
+        (dropout; op l of edge e gets fold_in(fold_in(key, e), l))."""
         self._check_gamma(gamma)
 
         def mix(e, z):
             return functools.reduce(operator.add, [
-                gamma[e][l] * op.apply(weights[e][l], z) for l, op in enumerate(self.edges[e].ops)])
+                gamma[e][l] * op.apply(weights[e][l], z, key=_op_key(key, e, l))
+                for l, op in enumerate(self.edges[e].ops)])
         return self._forward(weights, mix, x)
 
-    def apply_vertex(self, weights, choice, x) -> jax.Array:
+    def apply_vertex(self, weights, choice, x, *, key=None) -> jax.Array:
         """f(w, x) at the simplex vertex gamma^e = e_{a_e}, a = `choice` (int array (E,)).
 
         Equals `apply(weights, vertex_gamma(choice), x)`, but computes only the chosen op
@@ -260,8 +270,9 @@ class Family:
         def pick(e, z):
             ops = self.edges[e].ops
             if len(ops) == 1:
-                return ops[0].apply(weights[e][0], z)
-            branches = [functools.partial(op.apply, weights[e][l]) for l, op in enumerate(ops)]
+                return ops[0].apply(weights[e][0], z, key=_op_key(key, e, 0))
+            branches = [functools.partial(op.apply, weights[e][l], key=_op_key(key, e, l))
+                        for l, op in enumerate(ops)]
             return jax.lax.switch(choice[e], branches, z)
         return self._forward(weights, pick, x)
 

@@ -224,6 +224,22 @@ API = [
     ("negative seed", lambda: runner.search_config(seed=-1), ValueError, ["seed must be an int >= 0"]),
     ("KL weight inf", lambda: runner.search_config(kl_weights="1,inf"),
      ValueError, ["kl_weights", "finite numbers > 0", "'inf'"]),
+    ("budget retrain_width=-1", lambda: runner.parse_budget("tabular,retrain_width=-1"),
+     ValueError, ["budget retrain_width", ">= 0"]),
+    ("budget dropout=1", lambda: runner.parse_budget("tabular,dropout=1"),
+     ValueError, ["budget dropout", "[0, 1)", "1.0"]),
+    ("dropout outside tabular", lambda: runner.search_config(space="mlp3",
+                                                              budget="tiny,dropout=0.2"),
+     ValueError, ["dropout applies to the space 'tabular' only", "'mlp3'"]),
+    ("checkpoint_every=-1", lambda: runner.search_config(checkpoint_every=-1),
+     ValueError, ["checkpoint_every must be an int >= 0", "-1"]),
+    ("checkpoint a black-box method", lambda: runner.search_config(method="random",
+                                                                    checkpoint_every=5),
+     ValueError, ["checkpoint_every applies to the gradient methods", "'random'"]),
+    ("devices=0", lambda: runner.search_config(devices=0),
+     ValueError, ["devices must be 'all' or an int >= 1", "0"]),
+    ("devices beyond the machine", lambda: runner.data_mesh(10_000),
+     ValueError, ["devices must be 'all' or an int in 1..", "10000"]),
 ]
 
 

@@ -274,6 +274,33 @@ def test_retrain_width_searches_narrow_and_returns_the_wide_model(digits, tmp_pa
         runner.parse_budget("tiny,retrain_width=-1")
 
 
+def test_budget_dropout_trains_the_returned_model_with_dropout(tmp_path):
+    # dropout > 0: the retrained tabular model's residual blocks carry the rate (in
+    # structure.json, so `structsel retrain` rebuilds them) and train with dropout; the
+    # run differs from the same run at rate 0 unless no block was selected.
+    base = ["search", "--dataset", "breast_cancer", "--method", "random", "--no-progress",
+            "--no-fallback", "--no-gradient-boosting"]
+    runs = {}
+    for rate in (0.0, 0.5):
+        workdir = tmp_path / f"d{rate}"
+        assert cli.main(base + ["--budget", f"tiny,train_steps=30,dropout={rate}",
+                                "--workdir", str(workdir)]) == 0
+        runs[rate] = (json.loads((workdir / "summary.json").read_text()),
+                      json.loads((workdir / "structure.json").read_text()))
+    (plain, _), (dropped, structure) = runs[0.0], runs[0.5]
+    assert plain["choice"] == dropped["choice"]  # the search does not see the rate
+    rates = {op["spec"]["kwargs"]["dropout"] for e in structure["edges"] for op in e["ops"]
+             if op["spec"]["name"] == "residual"}
+    if rates:  # a residual block was selected: it carries the rate and trains with it
+        assert rates == {0.5} and dropped["val_metric"] != plain["val_metric"]
+    assert cli.main(["retrain", "--structure", str(tmp_path / "d0.5" / "structure.json"),
+                     "--budget", "tiny", "--seeds", "1", "--no-progress"]) == 0
+    with pytest.raises(ValueError, match="dropout applies to the space 'tabular' only"):
+        runner.search_config(space="mlp3", budget="tiny,dropout=0.1")
+    with pytest.raises(ValueError, match=r"budget dropout must be a number in \[0, 1\)"):
+        runner.parse_budget("tabular,dropout=1")
+
+
 def test_an_interrupted_search_resumes_from_its_checkpoint_bit_identically(tmp_path, capsys,
                                                                           monkeypatch):
     # 13 outer steps = 6 calls of 2 steps + 1 of 1 (two checkpointed parts); checkpoints

@@ -72,6 +72,40 @@ def test_residual_op_against_numpy():
         basis.residual(0)
 
 
+def test_residual_dropout_against_numpy_and_its_expectation():
+    # Inverted dropout of rate r on the hidden units: with a key, h -> h * m / (1 - r) for
+    # a Bernoulli(1 - r) mask m; without a key the op is the deterministic block. With
+    # W_2 = I and b_2 = 0 the output minus z is the dropped-out hidden layer itself, so the
+    # numpy oracle checks it entry by entry (mask recovered from its zeros). Over many
+    # keys the mean output is the deterministic one (E[m / (1 - r)] = 1): 4000 keys,
+    # within 5 standard errors of the Monte Carlo mean.
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(5, 8)).astype(np.float32)
+    rate = 0.3
+    spec, plain = basis.residual(8, dropout=rate), basis.residual(8)
+    w1, b1 = rng.normal(size=(8, 8)).astype(np.float32), rng.normal(size=8).astype(np.float32)
+    packed = np.concatenate([w1.ravel(), b1, np.eye(8, dtype=np.float32).ravel(),
+                             np.zeros(8, np.float32)])
+    params = {"packed": jnp.asarray(packed)}
+    assert plain.init(jax.random.key(1), z)["packed"].shape == packed.shape
+    h = np.maximum(z @ w1 + b1, 0)
+    np.testing.assert_allclose(spec.apply(params, jnp.asarray(z)), z + h, rtol=1e-5,
+                               atol=1e-5)  # no key: deterministic, = the rate-0 block
+    np.testing.assert_allclose(plain.apply(params, jnp.asarray(z), key=jax.random.key(3)),
+                               z + h, rtol=1e-5, atol=1e-5)  # rate 0 ignores the key
+    dropped = np.asarray(spec.apply(params, jnp.asarray(z), key=jax.random.key(3))) - z
+    kept = np.abs(dropped) > 1e-6
+    assert 0.5 < kept[h > 0].mean() < 0.9  # about 1 - r of the active units survive
+    np.testing.assert_allclose(dropped, np.where(kept, h / (1 - rate), 0), rtol=1e-4,
+                               atol=1e-5)
+    outs = np.asarray(jax.vmap(lambda k: spec.apply(params, jnp.asarray(z), key=k))(
+        jax.random.split(jax.random.key(4), 4000)), np.float64)
+    se = outs.std(0) / np.sqrt(4000)  # + float32 rounding of each output (atol 1e-5)
+    assert np.all(np.abs(outs.mean(0) - (z + h)) <= 5 * se + 1e-5)
+    with pytest.raises(ValueError, match=r"dropout must be a number in \[0, 1\)"):
+        basis.residual(8, dropout=1.0)
+
+
 @pytest.mark.parametrize("choice", [(0, 0, 0), (1, 3, 0), (4, 2, 3), (3, 3, 3)])
 def test_supernet_at_a_vertex_is_the_discrete_model(choice):
     space = spaces.build_space("tabular", num_outputs=2, width=4)

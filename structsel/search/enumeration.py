@@ -163,12 +163,21 @@ class TrainConfig:
 
 
 def forward(family, structure):
-    """(w, x) -> f(w, x) at a fixed `structure`: a Gamma (tuple over edges of arrays (K_e,),
-    any point of the cube, `Family.apply`) or a vertex choice (int array (E,), one op index
-    per edge, `Family.apply_vertex`: only the chosen ops are computed)."""
+    """(w, x, key=None) -> f(w, x) at a fixed `structure`: a Gamma (tuple over edges of
+    arrays (K_e,), any point of the cube, `Family.apply`) or a vertex choice (int array
+    (E,), one op index per edge, `Family.apply_vertex`: only the chosen ops are computed).
+    `key`: None (deterministic), or a key for stochastic ops (dropout) in training."""
     if isinstance(structure, (tuple, list)):
-        return lambda w, x: family.apply(w, structure, x)
-    return lambda w, x: family.apply_vertex(w, structure, x)
+        return lambda w, x, key=None: family.apply(w, structure, x, key=key)
+    return lambda w, x, key=None: family.apply_vertex(w, structure, x, key=key)
+
+
+def stochastic(family) -> bool:
+    """Whether an op of `family` is stochastic in training (a dropout rate > 0)."""
+    return any(dict(op.kwargs).get("dropout", 0) for edge in family.edges for op in edge.ops)
+
+
+_DROPOUT_STREAM = 0xD809  # fold_in tag of the dropout keys, apart from the minibatch keys
 
 
 def fit(family, task, config: TrainConfig, structure, weights, data: Splits, *, key):
@@ -198,9 +207,10 @@ def fit_with_stopping(family, task, config: TrainConfig, structure, weights, dat
     n = data.x_train.shape[0]
     batch = config.batch_size if config.batch_size is not None and config.batch_size < n else None
     apply = forward(family, structure)
+    dropout = stochastic(family)  # training applies the ops with a key (evaluation never)
 
-    def loss_fn(w, x, y):
-        return task.loss(apply(w, x), y)
+    def loss_fn(w, x, y, k):
+        return task.loss(apply(w, x, key=k), y)
 
     def body(carry, step):
         w, opt_state = carry
@@ -209,7 +219,9 @@ def fit_with_stopping(family, task, config: TrainConfig, structure, weights, dat
         else:
             idx = jax.random.randint(jax.random.fold_in(key, step), (batch,), 0, n)
             x, y = data.x_train[idx], data.y_train[idx]
-        loss, grads = jax.value_and_grad(loss_fn)(w, x, y)
+        k = (jax.random.fold_in(jax.random.fold_in(key, step), _DROPOUT_STREAM) if dropout
+             else None)
+        loss, grads = jax.value_and_grad(loss_fn)(w, x, y, k)
         updates, opt_state = opt.update(grads, opt_state, w)
         return (optax.apply_updates(w, updates), opt_state), loss
 

@@ -67,6 +67,9 @@ class Budget:
     # the search runs on a narrow proxy of the space, the selection is trained wider
     # (as DARTS searches 8 cells of 16 channels and trains 20 cells of 36)
     retrain_width: int = 0
+    # dropout rate on the hidden units of the retrained model's residual blocks (space
+    # tabular only; the search's supernet is never dropped out)
+    dropout: float = 0.0
     # the returned model is the deep ensemble of the retrain_seeds models (their averaged
     # class probabilities / predictions), selected by the ensemble's validation metric
     ensemble: bool = False
@@ -97,6 +100,10 @@ class Budget:
             if f.name == "weight_decay":
                 if not (isinstance(value, (int, float)) and 0 <= value < math.inf):
                     raise ValueError(f"budget weight_decay must be a finite number >= 0, "
+                                     f"got {value!r}")
+            elif f.name == "dropout":
+                if not (isinstance(value, (int, float)) and 0 <= value < 1):
+                    raise ValueError(f"budget dropout must be a number in [0, 1), "
                                      f"got {value!r}")
             elif f.type in ("float",) and not (isinstance(value, (int, float))
                                                and 0 < value < math.inf):
@@ -150,7 +157,7 @@ BUDGETS = {
 # against a table like for like only when they equal the table's. A field missing from a
 # table's record (tables written before it existed) had the Budget default.
 TABLE_FIELDS = ("width", "train_steps", "learning_rate", "batch_size", "weight_decay",
-                "schedule", "warmup_steps", "eval_every")
+                "schedule", "warmup_steps", "eval_every", "dropout")
 
 
 def table_matches(table: dict, budget: Budget) -> bool:
@@ -291,6 +298,9 @@ def search_config(*, data=None, target=None, task=None, dataset=None, space=None
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
             raise ValueError(f"{name} must be an int >= 0, got {value!r}")
     budget = parse_budget(budget if budget is not None else default_budget(dataset, space))
+    if budget.dropout and space != "tabular":
+        raise ValueError(f"budget dropout applies to the space 'tabular' only, got space "
+                         f"{space!r}")
     methods.METHODS[method].check(relaxation=relaxation, space=space)
     if kl_weights is not None:
         kl_weights = methods.check_kl_weights(method, kl_weights)
@@ -380,12 +390,13 @@ def data_mesh(devices) -> jax.sharding.Mesh | None:
 
 def final_problem(problem: Problem) -> Problem:
     """`problem` with its space at the budget's `final_width` (the width the proposals are
-    retrained and returned at); `problem` itself when that is the search's width."""
-    width = problem.budget.final_width
-    if width == problem.budget.width:
+    retrained and returned at) and its `dropout`; `problem` itself when both are the
+    search's."""
+    width, dropout = problem.budget.final_width, problem.budget.dropout
+    if width == problem.budget.width and not dropout:
         return problem
     space = spaces.build_space(problem.space.name, num_outputs=problem.task.num_outputs,
-                               width=width)
+                               width=width, dropout=dropout)
     if space.family.num_ops != problem.space.family.num_ops:  # a space whose op set grows
         raise ValueError(f"budget retrain_width {width}: space {space.name} has other ops at "
                          f"width {width} than at width {problem.budget.width}")
@@ -638,15 +649,12 @@ def _search_and_write(run, config, ds, problem, method, progress, start, *, outc
         base["search_batched_runs"] = batched
     if problem.mesh is not None:
         from structsel.search import methods
-        batch = config.budget.search_batch_size
-        base["data_parallel"] = {
-            "devices": int(problem.mesh.size),
-            "sharded": ("the search's minibatch rows"
-                        if isinstance(method, methods.GradientSearch)
-                        and 0 < batch < problem.data.x_train.shape[0] else
-                        "nothing: a full-batch search" if isinstance(
-                            method, methods.GradientSearch) else
-                        "nothing: not a gradient search")}
+        gradient = isinstance(method, methods.GradientSearch)
+        minibatched = 0 < config.budget.search_batch_size < problem.data.x_train.shape[0]
+        sharded = ("nothing: not a gradient search" if not gradient else
+                   "the search's minibatch rows" if minibatched else
+                   "nothing: a full-batch search")
+        base["data_parallel"] = {"devices": int(problem.mesh.size), "sharded": sharded}
     if outcome.choices is None:  # a method with its own structure space (AdaNet)
         report = outcome.extra["adanet"]
         summary = {**base, "space": "adanet", "selected": {

@@ -158,10 +158,10 @@ def _conv_space(name: str, num_intermediate: int) -> Callable[..., Space]:
     return build
 
 
-def _tabular_space(*, num_outputs: int, width: int) -> Space:
+def _tabular_space(*, num_outputs: int, width: int, dropout: float = 0.0) -> Space:
     """`structsel.search.tabular.tabular_space` (imported here: that module imports Space)."""
     from structsel.search.tabular import tabular_space
-    return tabular_space(num_outputs=num_outputs, width=width)
+    return tabular_space(num_outputs=num_outputs, width=width, dropout=dropout)
 
 
 SPACES: dict[str, Callable[..., Space]] = {
@@ -173,12 +173,17 @@ SPACES: dict[str, Callable[..., Space]] = {
 }
 
 
-def build_space(name: str, *, num_outputs: int, width: int) -> Space:
-    """The space `name` for a task with `num_outputs` outputs and hidden width `width`."""
+def build_space(name: str, *, num_outputs: int, width: int, dropout: float = 0.0) -> Space:
+    """The space `name` for a task with `num_outputs` outputs and hidden width `width`;
+    `dropout` > 0 (the tabular space only) on the hidden units of its residual blocks."""
     if name not in SPACES:
         raise ValueError(f"space must be one of {sorted(SPACES)}, got {name!r}")
     if not isinstance(width, int) or width < 1:
         raise ValueError(f"width must be an int >= 1, got {width!r}")
+    if dropout:
+        if name != "tabular":
+            raise ValueError(f"dropout applies to the space 'tabular' only, got space {name!r}")
+        return SPACES[name](num_outputs=num_outputs, width=width, dropout=dropout)
     return SPACES[name](num_outputs=num_outputs, width=width)
 
 
@@ -200,11 +205,15 @@ def space_for_dataset(dataset_name: str) -> str:
 
 
 def structure_space(structure: dict, *, num_outputs: int, width: int) -> Space:
-    """The space a structure.json was exported from (checked against its ops)."""
+    """The space a structure.json was exported from (checked against its ops; with the
+    dropout of the budget it was trained with)."""
     if not isinstance(structure, dict) or "space" not in structure:
         raise ValueError("structure must be a structure.json written by structsel search "
                          "(it needs the key 'space')")
-    return build_space(structure["space"], num_outputs=num_outputs, width=width)
+    budget = structure.get("budget")
+    dropout = float(budget.get("dropout", 0.0)) if isinstance(budget, dict) else 0.0
+    return build_space(structure["space"], num_outputs=num_outputs, width=width,
+                       dropout=dropout)
 
 
 # --- figures (matplotlib imported lazily) -------------------------------------------------

@@ -25,10 +25,10 @@ outputs) to three 256-wide blocks (+ 25k weights). The supernet computes every o
 every edge, so its cost per row, 3 x 2D (16 + 64 + 256 + 64) multiply-adds, is what the
 default search pays; the widest op alone is 64 % of it.
 
-Dropout is not among the ops: ops are called without a PRNG key
-(`BasisSpec.apply(params, z)`, `Family.apply(w, gamma, x)`), so a stochastic op cannot be
-trained as dropout and evaluated without it; regularisation comes from weight decay and
-early stopping in the from-scratch training (`enumeration.TrainConfig`).
+Dropout (budget field `dropout`, 0 by default) acts on the hidden units of the residual
+blocks of the retrained model: the from-scratch training applies the ops with a PRNG key
+(`Family.apply_vertex(..., key=)`), evaluation without one. The search's supernet is
+never dropped out.
 """
 from __future__ import annotations
 
@@ -48,13 +48,13 @@ def hidden_widths(width: int) -> tuple[int, ...]:
     return tuple(max(1, int(f * width)) for f in HIDDEN_FACTORS)
 
 
-def tabular_ops(width: int) -> tuple[tuple[str, basis.BasisSpec], ...]:
+def tabular_ops(width: int, dropout: float = 0.0) -> tuple[tuple[str, basis.BasisSpec], ...]:
     """(name, op) candidates of a block edge: identity, res<h> for every hidden width h,
-    ln_res<h> (pre-LayerNorm) for the wider ones."""
+    ln_res<h> (pre-LayerNorm) for the wider ones; `dropout` on their hidden units."""
     ops = [("identity", basis.identity())]
-    ops += [(f"res{h}", basis.residual(h)) for h in hidden_widths(width)]
-    ops += [(f"ln_res{max(1, int(f * width))}", basis.residual(max(1, int(f * width)),
-                                                               layer_norm=True))
+    ops += [(f"res{h}", basis.residual(h, dropout=dropout)) for h in hidden_widths(width)]
+    ops += [(f"ln_res{max(1, int(f * width))}",
+             basis.residual(max(1, int(f * width)), layer_norm=True, dropout=dropout))
             for f in NORMED_FACTORS]
     return tuple(ops)
 
@@ -85,9 +85,10 @@ class TabularSpace(Space):
         return -1
 
 
-def tabular_space(*, num_outputs: int, width: int) -> TabularSpace:
-    """The `tabular` space: NUM_BLOCKS block edges x `tabular_ops(width)`, stream width D."""
-    ops = tabular_ops(width)
+def tabular_space(*, num_outputs: int, width: int, dropout: float = 0.0) -> TabularSpace:
+    """The `tabular` space: NUM_BLOCKS block edges x `tabular_ops(width, dropout)`, stream
+    width D."""
+    ops = tabular_ops(width, dropout)
     fam = residual_chain(NUM_BLOCKS, (op for _, op in ops), width=width,
                          num_outputs=num_outputs)
     return TabularSpace("tabular", fam, tuple(n for n, _ in ops), "vector")
