@@ -4,9 +4,10 @@ GLM toy: R runs (3 coefficient settings x 3 temperatures x seeds, cycled) traine
 same number of outer steps either as ONE jitted program vmapped over the run axis (what
 `structsel sweep glm_toy` runs for a static group) or as a Python loop over the R runs,
 each a call of a separately jitted single-run program (compiled once; the loop's other
-runs hit the jit cache). Small search: the supernet training of a gradient search with
-R restarts as one vmapped program (`GradientSearch.search(restarts=R)`) against R
-searches with one restart each, one after the other. Compile time is reported apart
+runs hit the jit cache). Small search: the supernet training of R seeds of a gradient
+search, each on its own split, as one program vmapped over the runs and their data
+(`GradientSearch.search_many`, what `structsel sweep search` runs for a setting) against
+the R searches one after the other. Compile time is reported apart
 (AOT `lower().compile()` for the GLM, the first call for the search); run times are the
 median of interleaved repeats (A B A B ...). With more than one device, the R = max GLM
 sweep is also run sharded over 1, 2, ... devices (`--host-devices N` emulates N CPU
@@ -125,41 +126,41 @@ def bench_glm(sizes, *, iterations: int, chunk: int, fast_compile: bool, repeats
 
 
 def bench_search(sizes, *, budget: str, repeats: int) -> list[dict]:
+    """The seeds of a search setting as `structsel sweep search` runs them: R searches
+    (darts1, mlp3 x digits, one restart each, seed r with its own split r) as ONE program
+    vmapped over the runs and their data (`GradientSearch.search_many`), against the R
+    searches one after the other (`search`, one compiled program reused)."""
     import jax
 
     import _bench
     from structsel.search import methods, runner
 
     b = runner.parse_budget(budget)
-    ds = runner.load_data(dataset="digits", data=None, target=None, task=None, split_seed=0,
-                          budget=b)
-    problem = runner.make_problem(ds, "mlp3", b)
+    problems = [runner.make_problem(runner.load_data(
+        dataset="digits", data=None, target=None, task=None, split_seed=r, budget=b),
+        "mlp3", b) for r in range(max(sizes))]
     method = methods.METHODS["darts1"]
-    evaluator = runner.Evaluator(problem)
-    key = runner.prng_key(0)
+    evaluator = runner.Evaluator(problems[0])
+    keys = list(jax.random.split(runner.prng_key(0), max(sizes)))
 
-    def search(restarts, k):
-        out = method.search(problem, evaluator, key=k, restarts=restarts, jit=jax.jit)
-        return out.gamma
+    def many(n):
+        return [o.gamma for o in method.search_many(problems[:n], keys=keys[:n], restarts=1,
+                                                    jit=jax.jit)]
+
+    def loop(n):
+        return [method.search(problems[i], evaluator, key=keys[i], restarts=1,
+                              jit=jax.jit).gamma for i in range(n)]
 
     results = []
     t0 = time.perf_counter()
-    search(1, key)
+    loop(1)
     first_one = time.perf_counter() - t0
-    keys = jax.random.split(key, max(sizes))
     for n in sizes:
         t0 = time.perf_counter()
-        search(n, key)
+        many(n)
         first_n = time.perf_counter() - t0
-
-        def vmapped():
-            return search(n, key)
-
-        def loop():
-            return [search(1, keys[i]) for i in range(n)]
-
-        samples = _bench.interleaved({"vmapped": vmapped, "loop": loop}, repeats=repeats,
-                                     target=0.0, sync=lambda x: x)
+        samples = _bench.interleaved({"vmapped": lambda: many(n), "loop": lambda: loop(n)},
+                                     repeats=repeats, target=0.0, sync=lambda x: x)
         sv, sl = _bench.median(samples["vmapped"]), _bench.median(samples["loop"])
         results.append({"runs": n, "steps": b.search_steps, "vmapped_s": sv, "loop_s": sl,
                         "ratio": _bench.ratio(sl, sv),
@@ -202,8 +203,8 @@ def main(argv=None) -> dict:
                "compile_loop_s"]
     print(_bench.table([r for r in glm if "ratio" in r], columns,
                        title="GLM toy: one vmapped program vs a loop of jitted runs"))
-    print(_bench.table(search, columns, title="search (darts1, mlp3 x digits): vmapped "
-                                              "restarts vs a loop of searches"))
+    print(_bench.table(search, columns, title="search (darts1, mlp3 x digits): R seeds in "
+                                              "one vmapped program vs a loop of searches"))
     scaling = [r for r in glm if "devices" in r]
     if scaling:
         print(_bench.table(scaling, ["runs", "devices", "sharded_s", "compile_sharded_s"],

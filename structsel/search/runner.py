@@ -149,7 +149,7 @@ BUDGETS = {
     "tabular": Budget("tabular", width=16, train_steps=1500, learning_rate=3e-3,
                       batch_size=128, weight_decay=1e-2, schedule="cosine", warmup_steps=75,
                       eval_every=50, search_steps=100, inner_steps=5, search_batch_size=512,
-                      ensemble=True),
+                      retrain_width=64, ensemble=True),
 }
 
 
