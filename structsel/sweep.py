@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from structsel import devices as devices_lib
 from structsel.runs import Run, git_revision, package_versions, to_jsonable, write_atomic
 from structsel.sweep_targets import GroupEnv, get_target, target_names
 
@@ -248,27 +249,11 @@ def format_table(summary: list[dict], keys: Sequence[str], metrics: Sequence[str
 # ------------------------------------------------------------------------ devices, hosts
 def local_mesh(devices):
     """The 1-D mesh "runs" over `devices` local devices ("all", an int, or None: no mesh)."""
-    import jax
-    from jax.sharding import AxisType
-
-    if devices is None:
-        return None
-    local = jax.local_devices()
-    n = len(local) if devices == "all" else devices
-    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= len(local):
-        raise SweepError(f"devices must be 'all' or an int in 1..{len(local)} (local "
-                         f"devices), got {devices!r}")
-    return jax.make_mesh((n,), ("runs",), axis_types=(AxisType.Auto,), devices=local[:n])
+    return devices_lib.local_mesh(devices, "runs", error=SweepError)
 
 
 def _check_devices(devices):
-    if devices is None or devices == "all":
-        return devices
-    if isinstance(devices, str) and devices.isdigit():
-        devices = int(devices)
-    if isinstance(devices, bool) or not isinstance(devices, int) or devices < 1:
-        raise SweepError(f"devices must be 'all' or an int >= 1, got {devices!r}")
-    return devices
+    return devices_lib.check_devices(devices, error=SweepError)
 
 
 def _initialize_distributed(coordinator, num_processes, process_id) -> tuple[int, int]:

@@ -23,6 +23,7 @@ import jax
 import numpy as np
 
 from structsel import data as data_lib
+from structsel import devices as devices_lib
 from structsel import runs as runs_lib
 from structsel.runs import Run
 from structsel.search import enumeration, references, spaces
@@ -318,18 +319,7 @@ def search_config(*, data=None, target=None, task=None, dataset=None, space=None
                         int(seeds), budget, str(workdir), int(split_seed), bool(fallback),
                         bool(gradient_boosting), kl_weights, int(checkpoint_every),
                         bool(resume), None if checkpoint_dir is None else str(checkpoint_dir),
-                        _check_devices(devices))
-
-
-def _check_devices(devices):
-    """None, "all" or an int >= 1 (also its text); ValueError otherwise."""
-    if devices is None or devices == "all":
-        return devices
-    if isinstance(devices, str) and devices.isdigit():
-        devices = int(devices)
-    if isinstance(devices, bool) or not isinstance(devices, (int, np.integer)) or devices < 1:
-        raise ValueError(f"devices must be 'all' or an int >= 1, got {devices!r}")
-    return int(devices)
+                        devices_lib.check_devices(devices))
 
 
 def load_data(*, dataset: str, data: str | None, target: str | None, task: str | None,
@@ -374,18 +364,8 @@ def make_problem(ds: data_lib.Dataset, space_name: str, budget: Budget, *,
 def data_mesh(devices) -> jax.sharding.Mesh | None:
     """The 1-D mesh "data" over `devices` local devices ("all" or an int; None or 1: no
     mesh, the default device). ValueError naming the allowed values otherwise."""
-    if devices is None:
-        return None
-    local = jax.local_devices()
-    n = len(local) if devices == "all" else devices
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= len(local):
-        raise ValueError(f"devices must be 'all' or an int in 1..{len(local)} (local devices), "
-                         f"got {devices!r}")
-    if n == 1:
-        return None
-    from jax.sharding import AxisType
-    return jax.make_mesh((int(n),), ("data",), axis_types=(AxisType.Auto,),
-                         devices=local[:n])
+    mesh = devices_lib.local_mesh(devices, "data")
+    return None if mesh is None or mesh.size == 1 else mesh
 
 
 def final_problem(problem: Problem) -> Problem:
@@ -568,12 +548,12 @@ def run_search_many(configs: list[SearchConfig], *, progress: bool = False) -> l
 
     if not configs:
         return []
-    same = {k: v for k, v in dataclasses.asdict(configs[0]).items()
-            if k not in ("seed", "split_seed", "workdir")}
+    def shared(c):
+        return {k: v for k, v in dataclasses.asdict(c).items()
+                if k not in ("seed", "split_seed", "workdir")}
+    same = shared(configs[0])
     for c in configs[1:]:
-        other = {k: v for k, v in dataclasses.asdict(c).items()
-                 if k not in ("seed", "split_seed", "workdir")}
-        if other != same:
+        if (other := shared(c)) != same:
             diff = sorted(k for k in same if same[k] != other[k])
             raise ValueError(f"run_search_many: the configs may differ only in seed, "
                              f"split_seed and workdir; they differ in {diff}")
