@@ -80,11 +80,13 @@ def parse(config_cls: type[C], argv: Sequence[str] | None = None, *, name: str,
     return config, run, args
 
 
-def checkpointer(run: Run, args: argparse.Namespace, config: Any, phase: str, *, state: Any):
+def checkpointer(run: Run, args: argparse.Namespace, config: Any, phase: str, *, state: Any,
+                 **extra: Any):
     """The Checkpointer of one training phase, in WORKDIR/checkpoints/<phase>, or None when
     `config.checkpoint_every` is 0. Its fingerprint is the config (less checkpoint_every),
-    the package versions and the state's structure. Without --resume an earlier run's
-    checkpoints of the phase are deleted (a fresh run); with it they are continued."""
+    the package versions, the state's structure and `extra` (e.g. the traced values of
+    the other runs of a batched group). Without --resume an earlier run's checkpoints of
+    the phase are deleted (a fresh run); with it they are continued."""
     if not config.checkpoint_every:
         return None
     from structsel.checkpoint import Checkpointer, fingerprint
@@ -95,7 +97,7 @@ def checkpointer(run: Run, args: argparse.Namespace, config: Any, phase: str, *,
         shutil.rmtree(directory)
     identity = {k: v for k, v in to_jsonable(config).items() if k != "checkpoint_every"}
     ckpt = Checkpointer(directory, every=config.checkpoint_every,
-                        fingerprint=fingerprint(identity, state=state, phase=phase))
+                        fingerprint=fingerprint(identity, state=state, phase=phase, **extra))
     if resume and ckpt.latest_step() is None:
         print(f"--resume: no checkpoint in {directory}; {phase} starts at step 0",
               file=sys.stderr)

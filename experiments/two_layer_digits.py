@@ -17,6 +17,12 @@ same number of weight updates, same seeds): the selected model retrained from sc
 the selected model with the supernet's weights, and the relaxed supernet itself.
 Seeds are batched with `jax.vmap` in one jitted program (search and retraining).
 
+`run_many` runs several runs that differ only in the `TRACED` fields (seed, learning
+rates, weight decay) as the same two programs vmapped over runs x restarts, each run on
+its own digits split with its own keys and hyperparameters, and writes every run's own
+record; `structsel sweep two_layer_digits` groups its runs that way (docs/sweep.md).
+`main` is `run_many` of one run.
+
     python -m experiments.two_layer_digits [--smoke] [--workdir DIR] [--figures docs/figures]
         [--checkpoint-every N] [--resume]
 """
@@ -28,6 +34,8 @@ if not __package__:  # run as a file (python experiments/x.py), from any directo
 
 import dataclasses
 import functools
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -35,7 +43,7 @@ import numpy as np
 import optax
 import tqdm
 
-from experiments.common import Timer, checkpointer, finish, parse
+from experiments.common import Timer, check_fields, checkpointer, finish, parse
 from structsel import basis, data
 from structsel.bilevel import BilevelTrainer, check_divergence
 from structsel.family import two_layer_net
@@ -45,6 +53,12 @@ from structsel.objective import Context, Objective, darts
 from structsel.structure import Softmax, argmax_vertex
 
 NAME = "two_layer_digits"
+# Config fields that are traced (arguments of the compiled programs, vmapped over runs):
+# runs that differ only in these share one program (`run_many`, `structsel sweep`).
+TRACED = ("seed", "inner_lr", "outer_lr", "weight_decay")
+# Adam's other hyperparameters stay Python floats, so that with the learning rate and the
+# weight decay in the optimiser state the update is optax.adamw's / optax.adam's bit for bit.
+ADAM_STATIC = ("b1", "b2", "eps", "eps_root")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,11 +90,9 @@ class Config:
         if len(self.activations) != 2 or any(a not in basis.ACTIVATIONS for a in self.activations):
             raise ValueError(f"activations must be 2 names from {sorted(basis.ACTIVATIONS)}, "
                              f"got {self.activations!r}")
-        for name in ("num_seeds", "hidden", "outer_steps", "inner_steps", "retrain_steps",
-                     "log_every"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        check_fields(self, ints=("num_seeds", "hidden", "outer_steps", "inner_steps",
+                                 "retrain_steps", "log_every"),
+                     positive=("inner_lr", "outer_lr"), nonnegative=("weight_decay",))
         if self.outer_steps % self.log_every:
             raise ValueError(f"log_every must divide outer_steps ({self.outer_steps}), "
                              f"got {self.log_every}")
@@ -103,98 +115,235 @@ def cross_entropy(family, weights, gamma, batch) -> jax.Array:
     return optax.softmax_cross_entropy_with_integer_labels(logits, batch[1]).mean()
 
 
-def train_fixed(family, opt, steps: int, train, weights, gamma):
-    """`steps` optimiser steps on the train cross-entropy with gamma fixed (lax.scan)."""
+def with_hyperparams(opt_state, hyper: dict):
+    """An `optax.inject_hyperparams` state with `hyper` (name -> value) in place."""
+    return opt_state._replace(hyperparams={**opt_state.hyperparams, **hyper})
+
+
+def train_fixed(family, opt, steps: int, train, weights, gamma, hyper: dict):
+    """`steps` optimiser steps on the train cross-entropy with gamma fixed (lax.scan);
+    `opt` is an inject_hyperparams transformation, `hyper` its values for this run."""
     def body(carry, _):
         w, s = carry
         g = jax.grad(cross_entropy, argnums=1)(family, w, gamma, train)
         u, s = opt.update(g, s, w)
         return (optax.apply_updates(w, u), s), None
 
-    (weights, _), _ = jax.lax.scan(body, (weights, opt.init(weights)), length=steps)
+    state = with_hyperparams(opt.init(weights), hyper)
+    (weights, _), _ = jax.lax.scan(body, (weights, state), length=steps)
     return weights
 
 
-def main(argv=None) -> dict:
-    import matplotlib
-    matplotlib.use("Agg")
-
-    config, run, args = parse(Config, argv, name=NAME, description=__doc__)
-    with Timer() as timer:
-        summary, figures = _experiment(config, run, args)
-    return finish(run, args, summary, figures, timer.seconds)
+def _runs_x_restarts(fn, num_args: int, shared: Sequence[int] = ()):
+    """jit(vmap over runs (every argument) of vmap over restarts (all but `shared`))."""
+    inner = tuple(None if i in shared else 0 for i in range(num_args))
+    return jax.jit(jax.vmap(jax.vmap(fn, in_axes=inner)))
 
 
-def _experiment(config: Config, run, args=None):
-    ds = data.load_sklearn("digits", seed=config.seed)
-    train, val, test = ((jnp.asarray(x), jnp.asarray(y)) for x, y in
-                        ((ds.x_train, ds.y_train), (ds.x_val, ds.y_val), (ds.x_test, ds.y_test)))
-    fam = two_layer_net(ds.num_features, config.hidden, ds.num_classes, config.activations)
+class Programs(NamedTuple):
+    """The jitted programs of one static config, over runs (R) x restarts (S = num_seeds).
+
+    `hyper` is {"inner": {"learning_rate", "weight_decay"}, "outer": {"learning_rate"}}
+    of (R,) arrays (`_hyper`); data batches carry a leading run axis (each run's split).
+    """
+
+    family: object
+    init: Callable          # (keys (R, S), x_train, hyper) -> BilevelState (R, S)
+    search_chunk: Callable  # (states, train, val) -> (states, history (R, S, log_every))
+    structure: Callable     # (params, hparams) -> gamma (R, S, ...)
+    retrain: Callable       # (weights, gamma, train, hyper) -> weights after retrain_steps
+    accuracy: Callable      # (weights, gamma, batch) -> (R, S)
+
+
+@functools.lru_cache(maxsize=8)
+def programs(config: Config, num_features: int, num_classes: int) -> Programs:
+    """Builds the programs of `config` (its static fields; see `_static`) once."""
+    fam = two_layer_net(num_features, config.hidden, num_classes, config.activations)
     objective = Objective(fam, "categorical", relaxation=Softmax(), coefficients=darts(),
                           weights="point")
-    inner_opt = optax.adamw(config.inner_lr, weight_decay=config.weight_decay)
-    trainer = BilevelTrainer(objective.inner_loss, objective.outer_loss, inner_opt,
-                             optax.adam(config.outer_lr), inner_steps=config.inner_steps,
+    # learning rates and weight decay are traced per run, in the optimiser states; the
+    # NaN placeholders are always replaced (a forgotten one would show as a NaN loss)
+    nan = float("nan")
+    inner_opt = optax.inject_hyperparams(optax.adamw, static_args=ADAM_STATIC)(
+        learning_rate=nan, weight_decay=nan)
+    outer_opt = optax.inject_hyperparams(optax.adam, static_args=ADAM_STATIC)(
+        learning_rate=nan)
+    trainer = BilevelTrainer(objective.inner_loss, objective.outer_loss, inner_opt, outer_opt,
+                             inner_steps=config.inner_steps,
                              hypergradient_method=config.method,
                              structure_fn=objective.structure)
     ctx = Context.create(jax.random.key(0))  # point weights, Softmax: no randomness used
-    keys = jax.random.split(jax.random.key(config.seed), config.num_seeds)
-    init = jax.jit(functools.partial(trainer.init_many, lambda k: objective.init(k, train[0])))
-    state = init(keys)
-    initial_weights = state.params          # the same initial weights for retraining
 
-    run_chunk = jax.jit(functools.partial(trainer.run_many, num_steps=config.log_every))
+    def init(keys, x, hyper):
+        states = trainer.init_many(lambda k: objective.init(k, x), keys)
+        spread = lambda h: jax.tree.map(lambda v: jnp.full(keys.shape, v), h)  # noqa: E731
+        return states.replace(
+            inner_opt_state=with_hyperparams(states.inner_opt_state, spread(hyper["inner"])),
+            outer_opt_state=with_hyperparams(states.outer_opt_state, spread(hyper["outer"])))
+
+    def retrain(weights, gamma, train, hyper):
+        return train_fixed(fam, inner_opt, config.retrain_steps, train, weights, gamma,
+                           hyper["inner"])
+
+    return Programs(
+        family=fam,
+        init=jax.jit(jax.vmap(init)),
+        search_chunk=jax.jit(jax.vmap(functools.partial(trainer.run_many,
+                                                        num_steps=config.log_every))),
+        structure=_runs_x_restarts(lambda p, h: objective.structure(p, h, ctx), 2),
+        retrain=_runs_x_restarts(retrain, 4, shared=(2, 3)),
+        accuracy=_runs_x_restarts(functools.partial(accuracy, objective), 3, shared=(2,)))
+
+
+def _static(config: Config) -> Config:
+    """`config` with its TRACED fields at their defaults: equal for the runs of one program."""
+    return dataclasses.replace(config, **{name: getattr(Config, name) for name in TRACED})
+
+
+def check_group(configs: Sequence[Config]) -> None:
+    """ValueError naming the first field outside TRACED on which the runs differ."""
+    if not configs:
+        raise ValueError("run_many needs at least one run")
+    base = _static(configs[0])
+    for config in configs[1:]:
+        for f in dataclasses.fields(Config):
+            a, b = getattr(base, f.name), getattr(_static(config), f.name)
+            if a != b:
+                raise ValueError(f"the runs of one run_many call may differ only in "
+                                 f"{TRACED}; {f.name} is {a!r} in the first and {b!r} in "
+                                 f"another")
+
+
+def _hyper(configs: Sequence[Config]) -> dict:
+    """The traced hyperparameters of the runs, (R,) float32 arrays."""
+    col = lambda name: jnp.asarray([getattr(c, name) for c in configs], jnp.float32)  # noqa: E731
+    return {"inner": {"learning_rate": col("inner_lr"), "weight_decay": col("weight_decay")},
+            "outer": {"learning_rate": col("outer_lr")}}
+
+
+def _splits(configs: Sequence[Config]):
+    """Each run's digits split (seeded by its seed), stacked: (train, val, test) batches
+    with a leading run axis (the splits of digits have the same sizes for every seed)."""
+    sets = [data.load_sklearn("digits", seed=c.seed) for c in configs]
+    parts = ("train", "val", "test")
+    sizes = {tuple(len(getattr(d, f"y_{p}")) for p in parts) for d in sets}
+    if len(sizes) != 1:
+        raise ValueError(f"the digits splits of the seeds differ in size: {sorted(sizes)}")
+    stack = lambda name: jnp.asarray(np.stack([getattr(d, name) for d in sets]))  # noqa: E731
+    return sets[0], tuple((stack(f"x_{p}"), stack(f"y_{p}")) for p in parts)
+
+
+def main(argv=None) -> dict:
+    """One run: `run_many` of one command line."""
+    return run_many([argv])[0]
+
+
+def run_many(argvs: Sequence[Sequence[str] | None]) -> list[dict]:
+    """Runs, given by `main`'s command lines, as ONE vmapped search program and ONE
+    vmapped retraining program; returns their summaries (each also in its workdir).
+
+    The runs may differ only in the `TRACED` fields (else ValueError, before compiling).
+    Each run keeps what `main` gives it alone: its own digits split and restart keys
+    (`split(key(seed), num_seeds)`), learning rates and weight decay (in its optimiser
+    states), and its own record (`common.parse` / `finish`: config.json with seed,
+    versions and git revision, metrics.jsonl, summary.json, figures). `wall_seconds` is
+    the group's; `batched_runs` says how many runs shared the programs. With
+    `checkpoint_every`, the group's search state is checkpointed as one pytree in the
+    FIRST run's workdir (its fingerprint lists every run's traced values) and `--resume`
+    of the first command line continues it.
+    """
+    import matplotlib
+    matplotlib.use("Agg")
+
+    parsed = [parse(Config, argv, name=NAME, description=__doc__) for argv in argvs]
+    configs = [config for config, _, _ in parsed]
+    check_group(configs)
+    with Timer() as timer:
+        outcomes = _experiment(configs, [run for _, run, _ in parsed], parsed[0][2])
+    summaries = []
+    for (config, run, args), outcome in zip(parsed, outcomes):
+        summary, figures = _report(config, outcome, len(configs))
+        summaries.append(finish(run, args, summary, figures, timer.seconds))
+    return summaries
+
+
+def _experiment(configs, runs, args=None) -> list[dict]:
+    """The search and retraining of the group; per run, the arrays `_report` needs."""
+    config, num = configs[0], len(configs)
+    ds, (train, val, test) = _splits(configs)
+    prog = programs(_static(config), ds.num_features, ds.num_classes)
+    hyper = _hyper(configs)
+    keys = jnp.stack([jax.random.split(jax.random.key(c.seed), c.num_seeds) for c in configs])
+    state = prog.init(keys, train[0], hyper)
+    initial_weights = state.params          # the same initial weights for retraining
 
     def log(step, chunk_state, hist):
         if chunk_state is not None:                 # None: a chunk restored from a checkpoint
             check_divergence(chunk_state, hist)
-        for t in range(config.log_every):
-            run.log_metrics(int(hist["step"][0, t]) + 1, gamma=hist["structure"][0][:, t],
-                            val_loss=hist["outer_loss"][:, t], train_loss=hist["inner_loss"][:, t])
-    ckpt = checkpointer(run, args, config, "search", state=state)
-    state, hist, _ = run_chunks(run_chunk, state, num_steps=config.outer_steps,
+        for r, run in enumerate(runs):
+            for t in range(config.log_every):
+                run.log_metrics(int(hist["step"][r, 0, t]) + 1,
+                                gamma=hist["structure"][0][r, :, t],
+                                val_loss=hist["outer_loss"][r, :, t],
+                                train_loss=hist["inner_loss"][r, :, t])
+    ckpt = checkpointer(runs[0], args, config, "search", state=state,
+                        group={str(r): {k: getattr(c, k) for k in TRACED}
+                               for r, c in enumerate(configs)})
+    state, hist, _ = run_chunks(prog.search_chunk, state, num_steps=config.outer_steps,
                                 chunk=config.log_every, args=(train, val), checkpointer=ckpt,
-                                on_chunk=log, history_axis=1, desc="structure search",
+                                on_chunk=log, history_axis=2, desc="structure search",
                                 check_finite=lambda st, _: {"state": st})
-    gamma_path = np.asarray(hist["structure"][0])                 # (seeds, T, 2)
 
     # test accuracies: relaxed supernet, discretised supernet, models trained alone
-    acc = jax.jit(jax.vmap(functools.partial(accuracy, objective), in_axes=(0, 0, None)))
-    gamma = jax.vmap(lambda p, h: objective.structure(p, h, ctx))(state.params, state.hparams)
-    selected = (jax.vmap(argmax_vertex)(gamma[0]), gamma[1])
-    vertices = [fam.vertex_gamma((b, 0)) for b in range(2)]
-    retrain = jax.jit(jax.vmap(functools.partial(train_fixed, fam, inner_opt,
-                                                 config.retrain_steps, train)))
+    gamma = prog.structure(state.params, state.hparams)
+    selected = (argmax_vertex(gamma[0]), gamma[1])
     branch_acc, branch_val = [], []
-    for v in tqdm.tqdm(vertices, desc="single-branch models"):
-        batched = jax.tree.map(lambda g: jnp.broadcast_to(g, (config.num_seeds,) + g.shape), v)
-        w = retrain(initial_weights, batched)
-        branch_acc.append(np.asarray(acc(w, batched, test)))
-        branch_val.append(np.asarray(acc(w, batched, val)))
-    choice = np.asarray(selected[0]).argmax(-1)                    # selected branch per seed
-    branch_acc = np.stack(branch_acc)                              # (2, seeds)
+    for b in tqdm.tqdm(range(2), desc="single-branch models"):
+        vertex = jax.tree.map(lambda g: jnp.broadcast_to(g, (num, config.num_seeds) + g.shape),
+                              prog.family.vertex_gamma((b, 0)))
+        w = prog.retrain(initial_weights, vertex, train, hyper)
+        branch_acc.append(np.asarray(prog.accuracy(w, vertex, test)))
+        branch_val.append(np.asarray(prog.accuracy(w, vertex, val)))
+    choice = np.asarray(selected[0]).argmax(-1)                    # (runs, seeds)
+    branch_acc, branch_val = np.stack(branch_acc, 1), np.stack(branch_val, 1)  # (runs, 2, seeds)
+    batched = {
+        "gamma": np.asarray(gamma[0]), "choice": choice,
+        "gamma_path": np.asarray(hist["structure"][0]), "val_loss": np.asarray(hist["outer_loss"]),
+        "branch_val": branch_val,
+        "supernet": np.asarray(prog.accuracy(state.params, gamma, test)),
+        "supernet_selected": np.asarray(prog.accuracy(state.params, selected, test)),
+        "retrained": np.take_along_axis(branch_acc, choice[:, None], 1)[:, 0],
+        "branch_acc": branch_acc, "num_test": np.full(num, test[1].shape[1]),
+    }
+    return [{k: v[r] for k, v in batched.items()} for r in range(num)]
+
+
+def _report(config: Config, out: dict, batched_runs: int):
+    """summary.json and the figures of one run from its slice of the group's outcome."""
+    names = config.activations
     results = {
-        "supernet (relaxed gamma)": np.asarray(acc(state.params, gamma, test)),
-        "selected, supernet weights": np.asarray(acc(state.params, selected, test)),
-        "selected, retrained": branch_acc[choice, np.arange(config.num_seeds)],
-        f"{config.activations[0]} branch alone": branch_acc[0],
-        f"{config.activations[1]} branch alone": branch_acc[1],
+        "supernet (relaxed gamma)": out["supernet"],
+        "selected, supernet weights": out["supernet_selected"],
+        "selected, retrained": out["retrained"],
+        f"{names[0]} branch alone": out["branch_acc"][0],
+        f"{names[1]} branch alone": out["branch_acc"][1],
     }
     summary = {
-        "final_gamma": np.asarray(gamma[0]).tolist(),
-        "selected_branch": [config.activations[c] for c in choice],
-        "final_val_loss": np.asarray(hist["outer_loss"][:, -1]).tolist(),
+        "final_gamma": out["gamma"].tolist(),
+        "selected_branch": [names[c] for c in out["choice"]],
+        "final_val_loss": out["val_loss"][:, -1].tolist(),
         "test_accuracy": {k: v.tolist() for k, v in results.items()},
         "test_accuracy_mean": {k: float(v.mean()) for k, v in results.items()},
-        "val_accuracy_alone": {config.activations[b]: branch_val[b].tolist() for b in range(2)},
-        "num_test": int(test[1].shape[0]),
+        "val_accuracy_alone": {names[b]: out["branch_val"][b].tolist() for b in range(2)},
+        "num_test": int(out["num_test"]),
+        "batched_runs": batched_runs,
     }
-    figures = {"two_layer_gamma.png": plot_gamma(gamma_path, hist, config),
+    figures = {"two_layer_gamma.png": plot_gamma(out["gamma_path"], out["val_loss"], config),
                "two_layer_accuracy.png": plot_accuracy(results, config)}
     return summary, figures
 
 
-def plot_gamma(gamma_path, hist, config):
+def plot_gamma(gamma_path, val_loss, config):
     import matplotlib.pyplot as plt
 
     steps = np.arange(1, config.outer_steps + 1)
@@ -207,9 +356,8 @@ def plot_gamma(gamma_path, hist, config):
     axes[0].set(xlabel="outer step", ylabel="gamma = softmax(alpha)", ylim=(0, 1),
                 title=f"Structure over training ({config.num_seeds} seeds, {config.method})")
     axes[0].legend()
-    val = np.asarray(hist["outer_loss"])
     for s in range(config.num_seeds):
-        axes[1].plot(steps, val[s], color="tab:gray", alpha=0.7)
+        axes[1].plot(steps, val_loss[s], color="tab:gray", alpha=0.7)
     axes[1].set(xlabel="outer step", ylabel="validation cross-entropy",
                 title="Outer objective -Q (validation)")
     fig.tight_layout()

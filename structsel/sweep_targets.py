@@ -19,7 +19,9 @@ runs a list of runs sharing every static key. Three kinds:
   stopped; with `--devices`, each search splits the rows of its minibatches over the
   devices (data parallelism).
 - any other experiment of `experiments/` (`Experiment`): its `Config` fields as keys
-  (plus `smoke`), each run a call of its `main` (a plain loop).
+  (plus `smoke`). An experiment with `run_many` and `TRACED` (two_layer_digits) runs
+  each group (runs agreeing on every non-traced key) as one `run_many` call: one program
+  vmapped over the runs; the others loop over `main`.
 
 Entry-point layer (like `structsel.search.runner`): it owns the jit boundary.
 """
@@ -446,7 +448,15 @@ def _flat_numbers(tree, prefix="") -> dict[str, float]:
 
 
 class Experiment:
-    """An experiment of experiments/ via its Config fields and main (a loop over runs)."""
+    """An experiment of experiments/ via its Config fields and main.
+
+    Vectorised-experiment protocol: a module may define `TRACED` (the Config fields that
+    are arguments of its compiled programs, not part of them: seed, learning rates, ...)
+    and `run_many(argvs) -> [summary]` (main's command lines; one summary per run, each
+    run writing its own record as main does). Its TRACED keys are then non-static and
+    take numbers only, the runs that agree on every other key are one group, and a group
+    is ONE call of run_many (one vmapped program); without run_many, a loop of main.
+    """
 
     metrics = None                       # discovered from the first run's summary.json
 
@@ -458,15 +468,26 @@ class Experiment:
         _repo_experiments()
         return importlib.import_module(f"experiments.{self.name}")
 
+    @property
+    def groups_seeds(self) -> bool:
+        """Runs differing only in seeds and traced keys are one group (run_many)."""
+        return hasattr(self.module, "run_many")
+
     @functools.cached_property
     def keys(self) -> dict[str, Key]:
         config = self.module.Config
+        traced = getattr(self.module, "TRACED", ()) if self.groups_seeds else ()
         keys = {"smoke": Key("smoke", _boolean("smoke"), False, True, "the Config.smoke() run")}
         for f in dataclasses.fields(config):
             if f.name == "seed":
                 continue
-            keys[f.name] = Key(f.name, _json_value(f.name), None, True,
-                               "Config field (default: the config's)")
+            if f.name in traced:
+                kind = int if f.type in ("int", int) else float
+                keys[f.name] = Key(f.name, _number(f.name, kind=kind), None, False,
+                                   "Config field, traced (default: the config's)")
+            else:
+                keys[f.name] = Key(f.name, _json_value(f.name), None, True,
+                                   "Config field (default: the config's)")
         return keys
 
     def check(self, setting) -> None:
@@ -474,21 +495,35 @@ class Experiment:
         changes = {k: v for k, v in setting.items() if k != "smoke" and v is not None}
         dataclasses.replace(base, **changes)
 
-    def run_group(self, settings, seeds, env: GroupEnv) -> list[dict]:
-        out = []
+    def argv(self, setting, seed, workdir) -> list[str]:
+        """main's command line of one run: --workdir, --smoke, --seed and a --set for each
+        key given a value other than the config's."""
         has_seed = any(f.name == "seed" for f in dataclasses.fields(self.module.Config))
-        default = self.module.Config.smoke() if settings[0]["smoke"] else self.module.Config()
-        for i, (setting, seed) in enumerate(zip(settings, seeds)):
-            argv = ["--workdir", str(env.run_dirs[i])] + (["--smoke"] if setting["smoke"] else [])
-            argv += ["--seed", str(seed)] if has_seed else []
-            for k, v in setting.items():
-                if k != "smoke" and v != getattr(default, k):
-                    argv += ["--set", f"{k}={json.dumps(v)}"]
+        default = self.module.Config.smoke() if setting["smoke"] else self.module.Config()
+        argv = ["--workdir", str(workdir)] + (["--smoke"] if setting["smoke"] else [])
+        argv += ["--seed", str(seed)] if has_seed else []
+        for k, v in setting.items():
+            if k != "smoke" and v is not None and v != getattr(default, k):
+                argv += ["--set", f"{k}={json.dumps(v)}"]
+        return argv
+
+    def run_group(self, settings, seeds, env: GroupEnv) -> list[dict]:
+        argvs = [self.argv(setting, seed, env.run_dirs[i])
+                 for i, (setting, seed) in enumerate(zip(settings, seeds))]
+        if self.groups_seeds:                 # ONE vmapped program for the group
+            start = time.perf_counter()
+            summaries = self.module.run_many(argvs)
+            run_s = (time.perf_counter() - start) / len(argvs)   # amortised over the runs
+            env.progress(len(argvs), len(argvs))
+            return [{"metrics": _flat_numbers(s), "status": "ok", "compile_s": math.nan,
+                     "run_s": run_s} for s in summaries]
+        out = []
+        for i, argv in enumerate(argvs):
             start = time.perf_counter()
             summary = self.module.main(argv)
             out.append({"metrics": _flat_numbers(summary), "status": "ok",
                         "compile_s": math.nan, "run_s": time.perf_counter() - start})
-            env.progress(i + 1, len(settings))
+            env.progress(i + 1, len(argvs))
         return out
 
 

@@ -302,26 +302,17 @@ def test_budget_dropout_trains_the_returned_model_with_dropout(tmp_path):
 
 
 def test_an_interrupted_search_resumes_from_its_checkpoint_bit_identically(tmp_path, capsys,
-                                                                          monkeypatch):
+                                                                          interrupt_after_save):
     # 13 outer steps = 6 calls of 2 steps + 1 of 1 (two checkpointed parts); checkpoints
     # every 4 steps (at 4, 8, 12 of the first part). The run is interrupted right after
     # the save at step 8, resumed, and must end exactly where the uninterrupted run ends.
-    from structsel import checkpoint as ckpt_lib
-
     args = ["search", "--space", "mlp3", "--method", "darts1", "--no-progress",
             "--budget", "tiny,search_steps=13", "--no-fallback", "--no-gradient-boosting"]
     assert cli.main(args + ["--workdir", str(tmp_path / "a")]) == 0
-    save = ckpt_lib.Checkpointer.save
-
-    def save_then_interrupt(self, step, tree):
-        save(self, step, tree)
-        if step == 8:
-            raise KeyboardInterrupt
-    monkeypatch.setattr(ckpt_lib.Checkpointer, "save", save_then_interrupt)
     b = tmp_path / "b"
     resumable = args + ["--workdir", str(b), "--checkpoint-every", "4"]
-    assert cli.main(resumable) == 130
-    monkeypatch.setattr(ckpt_lib.Checkpointer, "save", save)
+    with interrupt_after_save(8):
+        assert cli.main(resumable) == 130
     assert not (b / "summary.json").exists()
     assert json.loads((b / "status.json").read_text())["state"] == "interrupted"
     assert (b / "checkpoints" / "inner_0" / "8").is_dir()
