@@ -151,6 +151,12 @@ class Problem:
         return jnp.mean(jnp.argmax(logits, -1) == batch[1])
 
 
+def checkpoint_unit(config: Config) -> int:
+    """Outer steps per jitted chunk: `checkpoint_every` is a multiple of it (structsel
+    sweep checkpoints this experiment's runs every chunk by default)."""
+    return config.outer_steps // config.num_checkpoints
+
+
 def pretrain(problem: Problem, opt, steps: int, params, hparams):
     """`steps` optax steps on the inner loss at alpha = 0 (lax.scan)."""
     def body(carry, _):

@@ -103,6 +103,12 @@ class Config:
                              f"({self.log_every}), got {every!r}")
 
 
+def checkpoint_unit(config: Config) -> int:
+    """Outer steps per jitted chunk: `checkpoint_every` is a multiple of it (structsel
+    sweep checkpoints this experiment's runs every chunk by default)."""
+    return config.log_every
+
+
 def accuracy(objective: Objective, weights, gamma, batch) -> jax.Array:
     """Share of correct argmax predictions of f(w, gamma, x)."""
     logits = objective.family.apply(weights, gamma, batch[0])

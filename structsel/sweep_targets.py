@@ -33,6 +33,7 @@ import importlib
 import json
 import math
 import pathlib
+import shutil
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -491,13 +492,20 @@ class Experiment:
         return keys
 
     def check(self, setting) -> None:
+        self.config(setting)
+
+    def config(self, setting):
+        """The experiment's Config of a setting (its smoke or full defaults, then the keys)."""
         base = self.module.Config.smoke() if setting["smoke"] else self.module.Config()
         changes = {k: v for k, v in setting.items() if k != "smoke" and v is not None}
-        dataclasses.replace(base, **changes)
+        return dataclasses.replace(base, **changes)
 
-    def argv(self, setting, seed, workdir) -> list[str]:
+    def argv(self, setting, seed, workdir, every=None) -> list[str]:
         """main's command line of one run: --workdir, --smoke, --seed and a --set for each
-        key given a value other than the config's."""
+        key given a value other than the config's. An experiment with `checkpoint_unit`
+        (its steps per checkpointable chunk) checkpoints every `every` steps (rounded up
+        to its unit; default: every chunk) in the run's workdir and resumes from what it
+        finds there (the sweep refuses a busy workdir without --resume)."""
         has_seed = any(f.name == "seed" for f in dataclasses.fields(self.module.Config))
         default = self.module.Config.smoke() if setting["smoke"] else self.module.Config()
         argv = ["--workdir", str(workdir)] + (["--smoke"] if setting["smoke"] else [])
@@ -505,26 +513,45 @@ class Experiment:
         for k, v in setting.items():
             if k != "smoke" and v is not None and v != getattr(default, k):
                 argv += ["--set", f"{k}={json.dumps(v)}"]
+        if hasattr(self.module, "checkpoint_unit") and setting.get("checkpoint_every") is None:
+            unit = self.module.checkpoint_unit(self.config(setting))
+            argv += ["--checkpoint-every", str(unit * -(-(every or unit) // unit))]
+            if (pathlib.Path(workdir) / "checkpoints").is_dir():
+                argv += ["--resume"]
         return argv
 
     def run_group(self, settings, seeds, env: GroupEnv) -> list[dict]:
-        argvs = [self.argv(setting, seed, env.run_dirs[i])
+        argvs = [self.argv(setting, seed, env.run_dirs[i], env.checkpoint_every)
                  for i, (setting, seed) in enumerate(zip(settings, seeds))]
         if self.groups_seeds:                 # ONE vmapped program for the group
             start = time.perf_counter()
             summaries = self.module.run_many(argvs)
             run_s = (time.perf_counter() - start) / len(argvs)   # amortised over the runs
             env.progress(len(argvs), len(argvs))
-            return [{"metrics": _flat_numbers(s), "status": "ok", "compile_s": math.nan,
+            self._drop_checkpoints(env.run_dirs)
+            return [{"metrics": self._metrics(s), "status": "ok", "compile_s": math.nan,
                      "run_s": run_s} for s in summaries]
         out = []
         for i, argv in enumerate(argvs):
             start = time.perf_counter()
             summary = self.module.main(argv)
-            out.append({"metrics": _flat_numbers(summary), "status": "ok",
+            out.append({"metrics": self._metrics(summary), "status": "ok",
                         "compile_s": math.nan, "run_s": time.perf_counter() - start})
             env.progress(i + 1, len(argvs))
+        self._drop_checkpoints(env.run_dirs)
         return out
+
+    @staticmethod
+    def _metrics(summary) -> dict[str, float]:
+        """The row's metrics: the summary's numeric scalars, less its wall time (the row
+        has wall_s; a metric column must be the same when the sweep is run again)."""
+        return {k: v for k, v in _flat_numbers(summary).items() if k != "wall_seconds"}
+
+    @staticmethod
+    def _drop_checkpoints(run_dirs) -> None:
+        """A finished run's checkpoints are not needed (its rows are what is kept)."""
+        for d in run_dirs:
+            shutil.rmtree(pathlib.Path(d) / "checkpoints", ignore_errors=True)
 
 
 def _json_value(name):

@@ -223,3 +223,33 @@ def test_a_group_whose_runs_are_not_consecutive_is_still_one_call(tmp_path, monk
     assert calls == [["00000", "00001", "00004", "00005"], ["00002", "00003", "00006", "00007"]]
     assert [r["group"] for r in out["rows"]] == ["0", "0", "1", "1", "0", "0", "1", "1"]
     assert all(r["status"] == "ok" and r["group_runs"] == "4" for r in out["rows"])
+
+
+def test_an_interrupted_experiment_sweep_resumes_from_the_runs_checkpoint(
+        tmp_path, interrupt_after_save, monkeypatch):
+    # the sweep checkpoints an experiment's runs every chunk (2 outer steps of the smoke
+    # run's 4) in the first run's workdir; killed after step 2 and resumed, the group
+    # restores step 2 (not a restart) and its rows equal an uninterrupted sweep's
+    from structsel import checkpoint as ckpt_lib
+    from structsel.sweep import VOLATILE_COLUMNS
+
+    grid = {"smoke": [True], "inner_lr": [0.01, 0.02]}
+    whole = sweep("two_layer_digits", grid, seeds=1, workdir=tmp_path / "a", progress=False)
+    assert not list((tmp_path / "a" / "runs").glob("*/checkpoints"))   # dropped when done
+    with interrupt_after_save(2), pytest.raises(KeyboardInterrupt):
+        sweep("two_layer_digits", grid, seeds=1, workdir=tmp_path / "b", progress=False)
+    assert (tmp_path / "b" / "runs" / "00000" / "checkpoints" / "search" / "2").is_dir()
+    restored = []
+    restore = ckpt_lib.Checkpointer.restore
+
+    def recording(self, *args, **kwargs):
+        out = restore(self, *args, **kwargs)
+        restored.append(out[0])
+        return out
+    monkeypatch.setattr(ckpt_lib.Checkpointer, "restore", recording)
+    resumed = sweep("two_layer_digits", grid, seeds=1, workdir=tmp_path / "b", resume=True,
+                    progress=False)
+    assert restored == [2]
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in VOLATILE_COLUMNS}  # noqa: E731
+                          for r in rows]
+    assert strip(resumed["rows"]) == strip(whole["rows"])
