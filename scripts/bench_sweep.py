@@ -7,7 +7,12 @@ each a call of a separately jitted single-run program (compiled once; the loop's
 runs hit the jit cache). Small search: the supernet training of R seeds of a gradient
 search, each on its own split, as one program vmapped over the runs and their data
 (`GradientSearch.search_many`, what `structsel sweep search` runs for a setting) against
-the R searches one after the other. Compile time is reported apart
+the R searches one after the other. Experiment (two_layer_digits): R runs (seed r, inner_lr
+cycled over 1e-3 / 3e-3 / 1e-2) as one `run_many` group (one search and one retraining
+program vmapped over runs x restarts, what `structsel sweep two_layer_digits` runs)
+against the R runs one after the other; the compute only (`_experiment`: search,
+retraining, accuracies; not the figures and files, which cost the same in both). Compile
+time is reported apart
 (AOT `lower().compile()` for the GLM, the first call for the search); run times are the
 median of interleaved repeats (A B A B ...). With more than one device, the R = max GLM
 sweep is also run sharded over 1, 2, ... devices (`--host-devices N` emulates N CPU
@@ -125,6 +130,32 @@ def bench_glm(sizes, *, iterations: int, chunk: int, fast_compile: bool, repeats
     return results
 
 
+def _vmapped_vs_loop(sizes, many, loop, *, steps: int, label: str, repeats: int) -> list[dict]:
+    """For each R in `sizes`: many(R) (one vmapped program) against loop(R) (R single
+    runs), medians of interleaved repeats after a first call of each (its excess over a
+    timed call is the compile time)."""
+    import _bench
+
+    results = []
+    t0 = time.perf_counter()
+    loop(1)
+    first_one = time.perf_counter() - t0
+    for n in sizes:
+        t0 = time.perf_counter()
+        many(n)
+        first_n = time.perf_counter() - t0
+        samples = _bench.interleaved({"vmapped": lambda: many(n), "loop": lambda: loop(n)},
+                                     repeats=repeats, target=0.0, sync=lambda x: x)
+        sv, sl = _bench.median(samples["vmapped"]), _bench.median(samples["loop"])
+        results.append({"runs": n, "steps": steps, "vmapped_s": sv, "loop_s": sl,
+                        "ratio": _bench.ratio(sl, sv),
+                        "compile_vmapped_s": max(0.0, first_n - sv),
+                        "compile_loop_s": max(0.0, first_one - sl / n)})
+        print(f"{label} R={n}: vmapped {_bench.fmt_seconds(sv)}, loop {_bench.fmt_seconds(sl)}, "
+              f"ratio {sl / sv:.1f}x", flush=True)
+    return results
+
+
 def bench_search(sizes, *, budget: str, repeats: int) -> list[dict]:
     """The seeds of a search setting as `structsel sweep search` runs them: R searches
     (darts1, mlp3 x digits, one restart each, seed r with its own split r) as ONE program
@@ -132,7 +163,6 @@ def bench_search(sizes, *, budget: str, repeats: int) -> list[dict]:
     searches one after the other (`search`, one compiled program reused)."""
     import jax
 
-    import _bench
     from structsel.search import methods, runner
 
     b = runner.parse_budget(budget)
@@ -151,24 +181,33 @@ def bench_search(sizes, *, budget: str, repeats: int) -> list[dict]:
         return [method.search(problems[i], evaluator, key=keys[i], restarts=1,
                               jit=jax.jit).gamma for i in range(n)]
 
-    results = []
-    t0 = time.perf_counter()
-    loop(1)
-    first_one = time.perf_counter() - t0
-    for n in sizes:
-        t0 = time.perf_counter()
-        many(n)
-        first_n = time.perf_counter() - t0
-        samples = _bench.interleaved({"vmapped": lambda: many(n), "loop": lambda: loop(n)},
-                                     repeats=repeats, target=0.0, sync=lambda x: x)
-        sv, sl = _bench.median(samples["vmapped"]), _bench.median(samples["loop"])
-        results.append({"runs": n, "steps": b.search_steps, "vmapped_s": sv, "loop_s": sl,
-                        "ratio": _bench.ratio(sl, sv),
-                        "compile_vmapped_s": max(0.0, first_n - sv),
-                        "compile_loop_s": max(0.0, first_one - sl / n)})
-        print(f"search R={n}: vmapped {_bench.fmt_seconds(sv)}, loop {_bench.fmt_seconds(sl)}, "
-              f"ratio {sl / sv:.1f}x", flush=True)
-    return results
+    return _vmapped_vs_loop(sizes, many, loop, steps=b.search_steps, label="search",
+                            repeats=repeats)
+
+
+def bench_experiment(sizes, *, overrides: dict, repeats: int) -> list[dict]:
+    """two_layer_digits: R runs as ONE run_many group against a loop of R single runs."""
+    import tempfile
+
+    from experiments import two_layer_digits as tld
+    from experiments.common import parse
+
+    root = tempfile.mkdtemp(prefix="bench_sweep_experiment_")
+    sets = [f"{k}={v}" for k, v in overrides.items()]
+    parsed = [parse(tld.Config, ["--workdir", f"{root}/{r}", "--seed", str(r), "--set",
+                                 f"inner_lr={(1e-3, 3e-3, 1e-2)[r % 3]}",
+                                 *(a for kv in sets for a in ("--set", kv))],
+                    name=tld.NAME, description="") for r in range(max(sizes))]
+    configs, runs, args = ([p[i] for p in parsed] for i in range(3))
+
+    def many(n):
+        return tld._experiment(configs[:n], runs[:n], args[0])
+
+    def loop(n):
+        return [tld._experiment([configs[i]], [runs[i]], args[i])[0] for i in range(n)]
+
+    return _vmapped_vs_loop(sizes, many, loop, steps=configs[0].outer_steps,
+                            label="two_layer_digits", repeats=repeats)
 
 
 def main(argv=None) -> dict:
@@ -180,8 +219,8 @@ def main(argv=None) -> dict:
     p = _bench.parser(__doc__.split("\n")[0])
     p.add_argument("--host-devices", type=int, default=None,
                    help="emulate N CPU devices (XLA flag) for the device scaling rows")
-    p.add_argument("--only", choices=("glm", "search"), default=None,
-                   help="run one of the two parts (each part of the full run takes minutes)")
+    p.add_argument("--only", choices=("glm", "search", "experiment"), default=None,
+                   help="run one of the parts (each part of the full run takes minutes)")
     args = _bench.parse(p, argv)
     glm_sizes = _bench.pick(args, tiny=(1, 4), quick=(1, 128), full=(1, 8, 32, 128))
     search_sizes = _bench.pick(args, tiny=(2,), quick=(8,), full=(1, 8, 32, 128))
@@ -189,8 +228,13 @@ def main(argv=None) -> dict:
     repeats = _bench.pick(args, tiny=1, quick=2, full=3)
     budget = _bench.pick(args, tiny="tiny", quick="tiny,search_steps=10",
                          full="small,search_steps=60")
+    experiment_sizes = _bench.pick(args, tiny=(2,), quick=(4,), full=(1, 4, 16))
+    experiment = _bench.pick(args, tiny={"outer_steps": 4, "log_every": 2, "num_seeds": 2,
+                                         "hidden": 4, "retrain_steps": 10},
+                             quick={"outer_steps": 50, "retrain_steps": 200},
+                             full={"outer_steps": 100, "retrain_steps": 500})
     ndev = len(jax.local_devices())
-    glm, search = [], []
+    glm, search, exp = [], [], []
     with _bench.on_device(args.device):
         if args.only in (None, "glm"):
             glm = bench_glm(glm_sizes, iterations=steps, chunk=chunk,
@@ -199,18 +243,23 @@ def main(argv=None) -> dict:
                             if ndev > 1 else ())
         if args.only in (None, "search"):
             search = bench_search(search_sizes, budget=budget, repeats=repeats)
+        if args.only in (None, "experiment"):
+            exp = bench_experiment(experiment_sizes, overrides=experiment, repeats=repeats)
     columns = ["runs", "steps", "vmapped_s", "loop_s", "ratio", "compile_vmapped_s",
                "compile_loop_s"]
     print(_bench.table([r for r in glm if "ratio" in r], columns,
                        title="GLM toy: one vmapped program vs a loop of jitted runs"))
     print(_bench.table(search, columns, title="search (darts1, mlp3 x digits): R seeds in "
                                               "one vmapped program vs a loop of searches"))
+    print(_bench.table(exp, columns, title="two_layer_digits: R runs as one run_many group vs "
+                                           "a loop of runs"))
     scaling = [r for r in glm if "devices" in r]
     if scaling:
         print(_bench.table(scaling, ["runs", "devices", "sharded_s", "compile_sharded_s"],
                            title="GLM toy sweep sharded over devices"))
     result = {"benchmark": "bench_sweep", "mode": args.mode, "machine": _bench.machine(args.device),
               "glm": glm, "search": search, "search_budget": budget,
+              "experiment": exp, "experiment_overrides": experiment,
               "fast_compile": args.mode != "full"}
     _bench.write_json(args.out, result)
     return result

@@ -175,3 +175,21 @@ def test_blackbox_curves_tiny(tmp_path):
             assert len(run["regret"]) == 2 and all(r >= 0 for r in run["regret"])
             assert run["queries"] == [int(n)] * 2  # every query answered by the table
     assert (tmp_path / "bb.md").read_text().count("| random |") == 1
+
+
+def test_bench_sweep_experiment_part(tmp_path):
+    # the two_layer_digits part: R = 2 runs as one run_many group and as a loop, both timed
+    sys.path.insert(0, str(SCRIPTS))
+    try:
+        module = importlib.import_module("bench_sweep")
+        out = tmp_path / "bench_sweep.json"
+        module.main(["--tiny", "--only", "experiment", "--out", str(out)])
+    finally:
+        sys.path.remove(str(SCRIPTS))
+    result = json.loads(out.read_text())
+    _check_machine(result, "bench_sweep")
+    assert result["glm"] == [] and result["search"] == []
+    (row,) = result["experiment"]
+    assert row["runs"] == 2 and row["steps"] == result["experiment_overrides"]["outer_steps"]
+    assert row["vmapped_s"] > 0 and row["loop_s"] > 0
+    assert math.isclose(row["ratio"], row["loop_s"] / row["vmapped_s"], rel_tol=1e-6)
