@@ -18,7 +18,7 @@ import pathlib
 import shutil
 import sys
 import time
-from typing import Any, Sequence, TypeVar
+from typing import Any, Callable, Sequence, TypeVar
 
 from structsel.runs import Run, to_jsonable
 
@@ -125,6 +125,54 @@ def check_fields(config: Any, *, ints: Sequence[str] = (), positive: Sequence[st
         v = getattr(config, name)
         if not (isinstance(v, tuple) and v and all(number(t) and t > 0 for t in v)):
             raise ValueError(f"{name} must be a non-empty tuple of finite numbers > 0, got {v!r}")
+
+
+def static_config(config: C, traced: Sequence[str]) -> C:
+    """`config` with its `traced` fields at the class defaults: equal for the runs that
+    can share one compiled program (the vectorised-experiment protocol, docs/sweep.md)."""
+    cls = type(config)
+    return dataclasses.replace(config, **{name: getattr(cls, name) for name in traced})
+
+
+def check_group(configs: Sequence[Any], traced: Sequence[str]) -> None:
+    """ValueError naming the first field outside `traced` on which the runs differ."""
+    if not configs:
+        raise ValueError("run_many needs at least one run")
+    base = static_config(configs[0], traced)
+    for config in configs[1:]:
+        other = static_config(config, traced)
+        for f in dataclasses.fields(base):
+            a, b = getattr(base, f.name), getattr(other, f.name)
+            if a != b:
+                raise ValueError(f"the runs of one run_many call may differ only in "
+                                 f"{tuple(traced)}; {f.name} is {a!r} in the first and "
+                                 f"{b!r} in another")
+
+
+def run_many(config_cls: type[C], argvs: Sequence[Sequence[str] | None], *, name: str,
+             description: str, traced: Sequence[str],
+             experiment: Callable[[list, list, argparse.Namespace], list],
+             report: Callable[[Any, Any, int], tuple[dict, dict]]) -> list[dict]:
+    """The `run_many` of an experiment (docs/sweep.md, "Vectorised experiments"): parses
+    each command line (`parse`: every run gets its own workdir record), refuses runs that
+    differ outside `traced` before anything is compiled (`check_group`), runs
+    `experiment(configs, runs, args) -> [outcome per run]` once for the group (`args`:
+    the first command line's, e.g. its checkpoint flags), then writes each
+    run's `report(config, outcome, batched_runs) -> (summary, figures)` with `finish`
+    (`wall_seconds`: the group's). Returns the summaries."""
+    import matplotlib
+    matplotlib.use("Agg")
+
+    parsed = [parse(config_cls, argv, name=name, description=description) for argv in argvs]
+    configs = [config for config, _, _ in parsed]
+    check_group(configs, traced)
+    with Timer() as timer:
+        outcomes = experiment(configs, [run for _, run, _ in parsed], parsed[0][2])
+    summaries = []
+    for (config, run, args), outcome in zip(parsed, outcomes):
+        summary, figures = report(config, outcome, len(configs))
+        summaries.append(finish(run, args, summary, figures, timer.seconds))
+    return summaries
 
 
 def save_figure(fig, run: Run, filename: str, args: argparse.Namespace) -> pathlib.Path:

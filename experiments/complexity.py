@@ -15,6 +15,10 @@ through theta*(h), so the hypergradient is the exact implicit one (dense Hessian
 small ridge), with `inner_steps` warm-started inner Adam steps per outer step. Every
 (lambda_prior^Q, seed) pair is one run of a single vmapped, jitted scan. Whether C_p and
 the KL decrease monotonically is computed (on the seed means) and reported, not assumed.
+`run_many` runs several runs that differ only in the `TRACED` fields (seed, lik_q,
+prior_l, temperature) as the same programs with one more vmapped axis, the runs (each
+with its own data, keys and coefficients), and writes every run's own record; `main` is
+`run_many` of one run.
 
 Run: python -m experiments.complexity [--smoke] [--workdir DIR] [--figures docs/figures]
 """
@@ -32,13 +36,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.common import Timer, parse, save_figure
+from experiments import common
+from experiments.common import Timer
 from experiments.glm import (Setting, divergence_report, glm_objective, init_states, jit,
                              make_runner, make_trainer, stack_settings, train)
 from structsel.data import glm_toy
 from structsel.objective import Context
 from structsel.pruning import parametric_complexity
 from structsel.variational import structure_kl, weight_kl
+
+
+NAME = "complexity"
+# Config fields that are traced (arguments of the compiled programs, vmapped over runs):
+# runs that differ only in these share one program (`run_many`, `structsel sweep`).
+TRACED = ("seed", "lik_q", "prior_l", "temperature")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +77,9 @@ class Config:
         return cls(seeds=2, prior_q=(0.01, 1.0, 100.0), iterations=10, inner_steps=2,
                    eval_samples=50, chunk=5, fast_compile=True)
 
+    def __post_init__(self):
+        common.check_fields(self, positive=("temperature",), nonnegative=("lik_q", "prior_l"))
+
 
 def _is_monotone_decreasing(values) -> bool:
     return bool(np.all(np.diff(np.asarray(values)) < 0))
@@ -77,33 +91,56 @@ def _spearman(a, b) -> float:
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    """Runs the sweep, evaluates C_p / KL per run, writes summary.json and complexity.png."""
-    import matplotlib.pyplot as plt
+    """One run: `run_many` of one command line (summary.json and complexity.png)."""
+    return run_many([argv])[0]
 
-    cfg, run, args = parse(Config, argv, name="complexity", description=__doc__)
-    x, y = glm_toy(seed=cfg.seed)
-    objective = glm_objective(x.shape[1], num_samples=cfg.num_samples, log_std_floor=None,
+
+def run_many(argvs: Sequence[Sequence[str] | None]) -> list[dict]:
+    """Runs, given by `main`'s command lines, as ONE vmapped training program and ONE
+    evaluation over runs x lambda_prior^Q x seeds; returns their summaries (each also in
+    its workdir).
+
+    The runs may differ only in the `TRACED` fields (else ValueError, before compiling).
+    Each run keeps what `main` gives it alone: its own GLM toy data and keys (seeded by
+    its seed), its lambda_lik^Q, lambda_prior^L and lambda_temp, and its own record.
+    `seconds` and `wall_seconds` are the group's; `batched_runs` says how many runs
+    shared the programs.
+    """
+    return common.run_many(Config, argvs, name=NAME, description=__doc__, traced=TRACED,
+                           experiment=_experiment, report=_report)
+
+
+def _experiment(configs: Sequence[Config], runs, args=None) -> list[dict]:
+    """The sweep's training and the evaluation of every solution; per run, what
+    `_report` needs."""
+    cfg = configs[0]
+    x, y = (jnp.asarray(np.stack(a)) for a in zip(*(glm_toy(seed=c.seed) for c in configs)))
+    objective = glm_objective(x.shape[-1], num_samples=cfg.num_samples, log_std_floor=None,
                               noise_std=cfg.noise_std)
     trainer = make_trainer(objective, lr=cfg.lr, warmup=cfg.iterations, method="exact",
                            inner_steps=cfg.inner_steps, ridge=cfg.ridge)
-    runner = make_runner(trainer, cfg.chunk, fast_compile=cfg.fast_compile)
+    runner = make_runner(trainer, cfg.chunk, fast_compile=cfg.fast_compile, runs=True)
     lams = tuple(cfg.prior_q)
-    rows = [Setting(cfg.lik_q, lam, cfg.prior_l, cfg.temperature, np.zeros(0), False, 0.0)
-            for lam in lams for _ in range(cfg.seeds)]
-    settings = stack_settings(rows)._replace(struct=np.zeros((len(rows), 0), np.float32))
-    k_init, k_eval = jax.random.split(jax.random.PRNGKey(cfg.seed))
-    keys = jnp.tile(jax.random.split(k_init, cfg.seeds), (len(lams), 1))
-    states = init_states(trainer, objective, x, keys, fast_compile=cfg.fast_compile)
+
+    def settings(c):
+        rows = [Setting(c.lik_q, lam, c.prior_l, c.temperature, np.zeros(0), False, 0.0)
+                for lam in lams for _ in range(cfg.seeds)]
+        return stack_settings(rows)._replace(struct=np.zeros((len(rows), 0), np.float32))
+    setting = jax.tree.map(lambda *cols: np.stack(cols), *map(settings, configs))
+    k_init, k_eval = (jnp.stack(k) for k in zip(*(jax.random.split(jax.random.PRNGKey(c.seed))
+                                                 for c in configs)))
+    keys = jax.vmap(lambda k: jnp.tile(jax.random.split(k, cfg.seeds), (len(lams), 1)))(k_init)
+    states = init_states(trainer, objective, x, keys, fast_compile=cfg.fast_compile, runs=True)
     with Timer() as timer:
-        states, hist = train(runner, states, settings, x, y, cfg.iterations, cfg.chunk,
-                             run_record=run, desc="sweep")
+        states, hist = train(runner, states, setting, x, y, cfg.iterations, cfg.chunk,
+                             desc="sweep", runs=runs)
 
     evaluator = dataclasses.replace(objective, num_samples=cfg.eval_samples)
 
-    def evaluate(params, hparams, key):
+    def evaluate(params, hparams, key, x, y, temperature):
         k_s, k_t = jax.random.split(key)
         q = params["w"]
-        ctx = Context.create(k_t, cfg.temperature, True)
+        ctx = Context.create(k_t, temperature, True)
         kl_w = weight_kl(q, hparams["log_alpha"], warmup=True, log_std_floor=None)
         kl_s = structure_kl(objective.relaxation, params["struct"], hparams["struct"],
                             ctx.temperature, key=k_s, num_samples=cfg.eval_samples)
@@ -111,13 +148,29 @@ def main(argv: Sequence[str] | None = None) -> dict:
                 "kl": kl_w + kl_s, "log_lik": evaluator.terms(params, hparams, (x, y), ctx).log_lik,
                 "mass": jax.nn.softmax(params["struct"][0])}
 
-    ev = jit(jax.vmap(evaluate), cfg.fast_compile)(states.params, states.hparams,
-                                     jax.random.split(k_eval, len(rows)))
-    ev = {k: np.asarray(v).reshape((len(lams), cfg.seeds) + np.shape(v)[1:]) for k, v in ev.items()}
+    rows = keys.shape[1]
+    run = jax.vmap(jax.vmap(evaluate, in_axes=(0, 0, 0, None, None, None)))
+    ev = jit(run, cfg.fast_compile)(states.params, states.hparams,
+                                    jax.vmap(lambda k: jax.random.split(k, rows))(k_eval), x, y,
+                                    jnp.asarray([c.temperature for c in configs]))
+    return [{"seconds": timer.seconds,
+             "divergence": divergence_report(
+                 jax.tree.map(lambda v: v[r], states),
+                 {k: v[r] for k, v in hist.items() if k != "chunk_seconds"}),
+             "ev": {k: np.asarray(v[r]).reshape((len(lams), cfg.seeds) + np.shape(v)[2:])
+                    for k, v in ev.items()}}
+            for r in range(len(configs))]
+
+
+def _report(cfg: Config, out: dict, batched_runs: int):
+    """summary.json and complexity.png of one run from its slice of the group's outcome."""
+    import matplotlib.pyplot as plt
+
+    lams, ev = tuple(cfg.prior_q), out["ev"]
     means = {k: v.mean(1) for k, v in ev.items()}
     summary: dict[str, Any] = {
-        "seconds": timer.seconds,
-        "divergence": divergence_report(states, hist),
+        "seconds": out["seconds"],
+        "divergence": out["divergence"],
         "prior_q": lams,
         "per_prior_q": {f"{lam:g}": {k: {"mean": ev[k][i].mean(0), "std": ev[k][i].std(0)}
                                      for k in ev} for i, lam in enumerate(lams)},
@@ -125,6 +178,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "kl_monotone_decreasing": _is_monotone_decreasing(means["kl"]),
         "spearman_c_p_vs_log_prior_q": _spearman(np.log(lams), means["c_p"]),
         "spearman_kl_vs_log_prior_q": _spearman(np.log(lams), means["kl"]),
+        "batched_runs": batched_runs,
     }
 
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
@@ -145,10 +199,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                  rf"complexity of the solution vs $\lambda^Q_{{prior}}$ "
                  f"(C_p monotone decreasing: {summary['c_p_monotone_decreasing']})", fontsize=9)
     fig.tight_layout()
-    save_figure(fig, run, "complexity.png", args)
-    plt.close(fig)
-    run.write_summary(summary)
-    return summary
+    return summary, {"complexity.png": fig}
 
 
 if __name__ == "__main__":

@@ -5,7 +5,9 @@ the trainer, the vmapped chunk runner and its training loop, q(Gamma) statistics
 A run's coefficients (lambda_lik^Q, lambda_prior^Q, lambda_prior^L, lambda_struct),
 temperature lambda_temp and ARD switch are arrays inside the batch (`Setting`), so a
 grid of settings x restarts is one vmapped, jitted `BilevelTrainer.run`, called chunk by
-chunk (`train`, on `structsel.loop.run_chunks`) without recompiling.
+chunk (`train`, on `structsel.loop.run_chunks`) without recompiling. With `runs=True`
+the runner, the init and `sample_q` take one more leading axis, the runs of a group
+(`run_many` of complexity and relaxations): each run with its own data, keys and settings.
 """
 
 from __future__ import annotations
@@ -99,10 +101,12 @@ def make_trainer(objective: Objective, *, lr: float, warmup: int, references=(),
 
 
 def init_states(trainer: BilevelTrainer, objective: Objective, x, keys, *,
-                fast_compile: bool = False):
-    """One trainer state per key (restart), q(w) at the family init, uniform structure."""
-    return jit(lambda ks: trainer.init_many(lambda k: objective.init(k, x), ks),
-               fast_compile)(keys)
+                fast_compile: bool = False, runs: bool = False):
+    """One trainer state per key (restart), q(w) at the family init, uniform structure;
+    with `runs`, x (G, m, d) and keys (G, R) carry a leading run axis."""
+    def init(ks, xx):
+        return trainer.init_many(lambda k: objective.init(k, xx), ks)
+    return jit(jax.vmap(init) if runs else init, fast_compile)(keys, x)
 
 
 # XLA options for --smoke: backend optimisation off cuts compile time ~3x on CPU (the
@@ -115,12 +119,14 @@ def jit(fun, fast_compile: bool = False):
     return jax.jit(fun, compiler_options=FAST_COMPILE if fast_compile else None)
 
 
-def make_runner(trainer: BilevelTrainer, chunk: int, *, fast_compile: bool = False):
-    """jit(vmap over runs of trainer.run for `chunk` iterations) (states, settings, x, y)."""
+def make_runner(trainer: BilevelTrainer, chunk: int, *, fast_compile: bool = False,
+                runs: bool = False):
+    """jit(vmap over rows of trainer.run for `chunk` iterations) (states, settings, x, y);
+    with `runs`, one more vmap over a leading run axis of every argument (its own data)."""
     def run(states, settings, x, y):
         return jax.vmap(lambda st, s: trainer.run(st, (x, y, s), (x, y, s), chunk))(
             states, settings)
-    return jit(run, fast_compile)
+    return jit(jax.vmap(run) if runs else run, fast_compile)
 
 
 @functools.lru_cache(maxsize=4)
@@ -134,25 +140,32 @@ def grid_program(objective: Objective, *, lr: float, warmup: int, chunk: int,
 
 
 def train(runner, states, settings, x, y, iterations: int, chunk: int, *, run_record=None,
-          desc: str = "train", checkpointer=None):
+          desc: str = "train", checkpointer=None, runs: Sequence | None = None):
     """`structsel.loop.run_chunks` of the chunk runner for `iterations` steps (histories
     concatenated along the step axis); with a `checkpointer` it resumes and saves there.
 
-    Each chunk logs the mean last inner/outer loss and the diverged runs to `run_record`.
+    Each chunk logs the mean last inner/outer loss and the diverged runs to `run_record`;
+    with `runs` (the records of a group), the runner has a leading run axis
+    (`make_runner(runs=True)`) and each run logs its own slice to its own record.
     Only the state must stay finite: the trainer freezes a diverged run at its last finite
     state and `divergence_report` reports it. history["chunk_seconds"]: wall time per
     chunk run by this call (the first one includes compilation).
     """
+    records = [run_record] if runs is None else list(runs)
+
     def log(step, _, hist):
-        if run_record is not None:
-            run_record.log_metrics(int(hist["step"][0, -1]) + 1, phase=desc,
-                                   inner_loss=float(np.mean(hist["inner_loss"][:, -1])),
-                                   outer_loss=float(np.mean(hist["outer_loss"][:, -1])),
-                                   diverged=int(np.sum(hist["diverged"][:, -1])))
+        for r, record in enumerate(records):
+            if record is None:
+                continue
+            h = hist if runs is None else {k: hist[k][r] for k in hist}
+            record.log_metrics(int(h["step"][0, -1]) + 1, phase=desc,
+                               inner_loss=float(np.mean(h["inner_loss"][:, -1])),
+                               outer_loss=float(np.mean(h["outer_loss"][:, -1])),
+                               diverged=int(np.sum(h["diverged"][:, -1])))
     states, history, info = run_chunks(runner, states, num_steps=iterations, chunk=chunk,
                                        args=(settings, x, y), checkpointer=checkpointer,
-                                       on_chunk=log, history_axis=1, desc=desc,
-                                       check_finite=lambda st, _: {"state": st})
+                                       on_chunk=log, history_axis=1 if runs is None else 2,
+                                       desc=desc, check_finite=lambda st, _: {"state": st})
     history["chunk_seconds"] = np.asarray(info["chunk_seconds"])
     return states, history
 
@@ -169,13 +182,16 @@ def divergence_report(states, history) -> dict:
 
 # --------------------------------------------------------------- q(Gamma) statistics
 def sample_q(relaxation: Relaxation, thetas, temperatures, n: int, *, key,
-             fast_compile: bool = False):
-    """n draws of gamma from q per run: thetas (R, P), temperatures (R,) -> (R, n, K)."""
+             fast_compile: bool = False, runs: bool = False):
+    """n draws of gamma from q per run: thetas (R, P), temperatures (R,) -> (R, n, K);
+    with `runs`, a leading run axis on thetas, temperatures and key (one key per run)."""
     def one(theta, t, k):
         return jax.vmap(lambda kk: relaxation.sample(theta, t, key=kk))(jax.random.split(k, n))
-    keys = jax.random.split(key, len(thetas))
-    return np.asarray(jit(jax.vmap(one), fast_compile)(jnp.asarray(thetas),
-                                                       jnp.asarray(temperatures), keys))
+
+    def rows(th, ts, k):
+        return jax.vmap(one)(th, ts, jax.random.split(k, th.shape[0]))
+    return np.asarray(jit(jax.vmap(rows) if runs else rows, fast_compile)(
+        jnp.asarray(thetas), jnp.asarray(temperatures), key))
 
 
 def submodel_mass(samples) -> np.ndarray:

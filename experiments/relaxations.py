@@ -8,6 +8,9 @@ static strategy, hence its own compiled program; within it the settings x restar
 one vmapped, jitted scan. The figure shows, per setting and relaxation, samples of the
 final q(Gamma) on the simplex (the learned points for softmax); summary.json holds the
 probability of each submodel, q(argmax gamma = f_l), estimated from the samples.
+`run_many` runs several runs that differ only in the `TRACED` fields (seed, temperature)
+as the same programs with one more vmapped axis, the runs (each with its own data, keys
+and lambda_temp), and writes every run's own record; `main` is `run_many` of one run.
 
 Run: python -m experiments.relaxations [--smoke] [--workdir DIR] [--figures docs/figures]
 """
@@ -25,7 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.common import Timer, parse, save_figure
+from experiments import common
+from experiments.common import Timer
 from experiments.glm import (LABELS, SUBMODELS, Setting, divergence_report,
                              glm_objective, init_states, make_runner, make_trainer,
                              sample_q, stack_settings, submodel_mass, train)
@@ -33,6 +37,10 @@ from structsel.data import glm_toy
 from structsel.plotting import plot_simplex_hist, simplex_axes, to_cartesian
 from structsel.structure import Dirichlet, GumbelSoftmax, LogitNormal, Softmax
 
+NAME = "relaxations"
+# Config fields that are traced (arguments of the compiled programs, vmapped over runs):
+# runs that differ only in these share one program per relaxation (`run_many`, sweep).
+TRACED = ("seed", "temperature")
 RELAXATIONS = {"gumbel_softmax": GumbelSoftmax(), "dirichlet": Dirichlet(),
                "logit_normal": LogitNormal(), "softmax": Softmax()}
 TITLES = {"gumbel_softmax": "Gumbel-Softmax", "dirichlet": "Dirichlet",
@@ -66,51 +74,92 @@ class Config:
         return cls(relaxations=("logit_normal", "softmax"), restarts=2, iterations=20,
                    warmup=10, hist_samples=50, chunk=10, fast_compile=True)
 
+    def __post_init__(self):
+        common.check_fields(self, positive=("temperature",))
+
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    """Runs every relaxation; writes summary.json and relaxations.png."""
-    import matplotlib.pyplot as plt
+    """One run: `run_many` of one command line (summary.json and relaxations.png)."""
+    return run_many([argv])[0]
 
-    cfg, run, args = parse(Config, argv, name="relaxations", description=__doc__)
+
+def run_many(argvs: Sequence[Sequence[str] | None]) -> list[dict]:
+    """Runs, given by `main`'s command lines, as ONE vmapped program per relaxation over
+    runs x settings x restarts; returns their summaries (each also in its workdir).
+
+    The runs may differ only in the `TRACED` fields (else ValueError, before compiling).
+    Each run keeps what `main` gives it alone: its own GLM toy data and keys (seeded by
+    its seed), its lambda_temp, and its own record. `seconds` and `wall_seconds` are the
+    group's; `batched_runs` says how many runs shared the programs.
+    """
+    return common.run_many(Config, argvs, name=NAME, description=__doc__, traced=TRACED,
+                           experiment=_experiment, report=_report)
+
+
+def _experiment(configs: Sequence[Config], runs, args=None) -> list[dict]:
+    """Every relaxation's training and q(Gamma) samples; per run, what `_report` needs."""
+    cfg = configs[0]
     unknown = [r for r in cfg.relaxations if r not in RELAXATIONS]
     if unknown or not cfg.relaxations:
         raise ValueError(f"relaxations must be a non-empty tuple of {tuple(RELAXATIONS)}, "
                          f"got {cfg.relaxations!r}")
-    x, y = glm_toy(seed=cfg.seed)
+    x, y = (jnp.asarray(np.stack(a)) for a in zip(*(glm_toy(seed=c.seed) for c in configs)))
     fix = cfg.fixed_log_alpha is not None
-    rows = [Setting(*coef, cfg.temperature, np.zeros(0), fix, cfg.fixed_log_alpha if fix else 0.0)
-            for coef in cfg.settings for _ in range(cfg.restarts)]
-    settings = stack_settings(rows)._replace(struct=np.zeros((len(rows), 0), np.float32))
-    k_init, k_hist = jax.random.split(jax.random.PRNGKey(cfg.seed))
-    keys = jnp.tile(jax.random.split(k_init, cfg.restarts), (len(cfg.settings), 1))
-    temps = np.full(len(rows), cfg.temperature)
-    summary: dict[str, Any] = {"log_std_floor": cfg.log_std_floor, "relaxations": {}}
-    samples = {}
-    for name in cfg.relaxations:
+
+    def settings(c):
+        rows = [Setting(*coef, c.temperature, np.zeros(0), fix,
+                        cfg.fixed_log_alpha if fix else 0.0)
+                for coef in cfg.settings for _ in range(cfg.restarts)]
+        return stack_settings(rows)._replace(struct=np.zeros((len(rows), 0), np.float32))
+    setting = jax.tree.map(lambda *cols: np.stack(cols), *map(settings, configs))
+    k_init, k_hist = (jnp.stack(k) for k in zip(*(jax.random.split(jax.random.PRNGKey(c.seed))
+                                                 for c in configs)))
+    keys = jax.vmap(lambda k: jnp.tile(jax.random.split(k, cfg.restarts),
+                                       (len(cfg.settings), 1)))(k_init)
+    outcome = [{"samples": {}, "seconds": {}, "divergence": {}} for _ in configs]
+    for j, name in enumerate(cfg.relaxations):
         relaxation = RELAXATIONS[name]
-        objective = glm_objective(x.shape[1], relaxation=relaxation, num_samples=cfg.num_samples,
-                                  log_std_floor=cfg.log_std_floor, noise_std=cfg.noise_std)
+        objective = glm_objective(x.shape[-1], relaxation=relaxation,
+                                  num_samples=cfg.num_samples, log_std_floor=cfg.log_std_floor,
+                                  noise_std=cfg.noise_std)
         trainer = make_trainer(objective, lr=cfg.lr, warmup=cfg.warmup)
-        runner = make_runner(trainer, cfg.chunk, fast_compile=cfg.fast_compile)
-        states = init_states(trainer, objective, x, keys, fast_compile=cfg.fast_compile)
+        runner = make_runner(trainer, cfg.chunk, fast_compile=cfg.fast_compile, runs=True)
+        states = init_states(trainer, objective, x, keys, fast_compile=cfg.fast_compile,
+                             runs=True)
         with Timer() as timer:
-            states, hist = train(runner, states, settings, x, y, cfg.iterations, cfg.chunk,
-                                 run_record=run, desc=name)
-        draws = sample_q(relaxation, np.asarray(states.params["struct"][0]), temps,
-                         cfg.hist_samples, key=jax.random.fold_in(k_hist, len(samples)),
-                         fast_compile=cfg.fast_compile)
-        draws = draws.reshape((len(cfg.settings), cfg.restarts) + draws.shape[1:])
-        samples[name] = draws
+            states, hist = train(runner, states, setting, x, y, cfg.iterations, cfg.chunk,
+                                 desc=name, runs=runs)
+        draws = sample_q(relaxation, states.params["struct"][0], setting.temperature,
+                         cfg.hist_samples, key=jax.vmap(lambda k: jax.random.fold_in(k, j))(k_hist),
+                         fast_compile=cfg.fast_compile, runs=True)
+        draws = draws.reshape((len(configs), len(cfg.settings), cfg.restarts) + draws.shape[2:])
+        for r, out in enumerate(outcome):
+            out["samples"][name] = draws[r]
+            out["seconds"][name] = timer.seconds
+            out["divergence"][name] = divergence_report(
+                jax.tree.map(lambda v: v[r], states),
+                {k: v[r] for k, v in hist.items() if k != "chunk_seconds"})
+    return outcome
+
+
+def _report(cfg: Config, out: dict, batched_runs: int):
+    """summary.json and relaxations.png of one run from its slice of the group's outcome."""
+    import matplotlib.pyplot as plt
+
+    summary: dict[str, Any] = {"log_std_floor": cfg.log_std_floor, "relaxations": {}}
+    samples = out["samples"]
+    for name, draws in samples.items():
         mass = submodel_mass(draws)                       # (settings, restarts, 3)
         summary["relaxations"][name] = {
-            "seconds": timer.seconds,
-            "divergence": divergence_report(states, hist),
+            "seconds": out["seconds"][name],
+            "divergence": out["divergence"][name],
             "settings": {
                 f"lik_q={c[0]:g},prior_q={c[1]:g},prior_l={c[2]:g}": {
                     "mass_mean": mass[i].mean(0), "mass_std": mass[i].std(0),
                     "mean_gamma": draws[i].mean((0, 1)),
                     "argmax": SUBMODELS[int(np.argmax(mass[i].mean(0)))]}
                 for i, c in enumerate(cfg.settings)}}
+    summary["batched_runs"] = batched_runs
 
     nr, nc = len(cfg.settings), len(cfg.relaxations)
     fig, axes = plt.subplots(nr, nc, figsize=(3.0 * nc, 2.9 * nr), squeeze=False)
@@ -136,10 +185,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     fig.suptitle(rf"GLM toy, $\lambda_{{temp}}$={cfg.temperature:g}: final q(Gamma) per "
                  "relaxation (log-count histogram of samples, all restarts); "
                  "q = mass on f_0/f_1/f_2", fontsize=9)
-    save_figure(fig, run, "relaxations.png", args)
-    plt.close(fig)
-    run.write_summary(summary)
-    return summary
+    return summary, {"relaxations.png": fig}
 
 
 if __name__ == "__main__":

@@ -43,7 +43,8 @@ import numpy as np
 import optax
 import tqdm
 
-from experiments.common import Timer, check_fields, checkpointer, finish, parse
+from experiments import common
+from experiments.common import check_fields, checkpointer
 from structsel import basis, data
 from structsel.bilevel import BilevelTrainer, check_divergence
 from structsel.family import two_layer_net
@@ -163,7 +164,7 @@ class Programs(NamedTuple):
 
 @functools.lru_cache(maxsize=8)
 def programs(config: Config, num_features: int, num_classes: int) -> Programs:
-    """Builds the programs of `config` (its static fields; see `_static`) once."""
+    """Builds the programs of `config` (its static fields: `common.static_config`) once."""
     fam = two_layer_net(num_features, config.hidden, num_classes, config.activations)
     objective = Objective(fam, "categorical", relaxation=Softmax(), coefficients=darts(),
                           weights="point")
@@ -201,25 +202,6 @@ def programs(config: Config, num_features: int, num_classes: int) -> Programs:
         accuracy=_runs_x_restarts(functools.partial(accuracy, objective), 3, shared=(2,)))
 
 
-def _static(config: Config) -> Config:
-    """`config` with its TRACED fields at their defaults: equal for the runs of one program."""
-    return dataclasses.replace(config, **{name: getattr(Config, name) for name in TRACED})
-
-
-def check_group(configs: Sequence[Config]) -> None:
-    """ValueError naming the first field outside TRACED on which the runs differ."""
-    if not configs:
-        raise ValueError("run_many needs at least one run")
-    base = _static(configs[0])
-    for config in configs[1:]:
-        for f in dataclasses.fields(Config):
-            a, b = getattr(base, f.name), getattr(_static(config), f.name)
-            if a != b:
-                raise ValueError(f"the runs of one run_many call may differ only in "
-                                 f"{TRACED}; {f.name} is {a!r} in the first and {b!r} in "
-                                 f"another")
-
-
 def _hyper(configs: Sequence[Config]) -> dict:
     """The traced hyperparameters of the runs, (R,) float32 arrays."""
     col = lambda name: jnp.asarray([getattr(c, name) for c in configs], jnp.float32)  # noqa: E731
@@ -251,33 +233,22 @@ def run_many(argvs: Sequence[Sequence[str] | None]) -> list[dict]:
     The runs may differ only in the `TRACED` fields (else ValueError, before compiling).
     Each run keeps what `main` gives it alone: its own digits split and restart keys
     (`split(key(seed), num_seeds)`), learning rates and weight decay (in its optimiser
-    states), and its own record (`common.parse` / `finish`: config.json with seed,
-    versions and git revision, metrics.jsonl, summary.json, figures). `wall_seconds` is
-    the group's; `batched_runs` says how many runs shared the programs. With
-    `checkpoint_every`, the group's search state is checkpointed as one pytree in the
-    FIRST run's workdir (its fingerprint lists every run's traced values) and `--resume`
-    of the first command line continues it.
+    states), and its own record (`common.run_many`: config.json with seed, versions and
+    git revision, metrics.jsonl, summary.json, figures). `wall_seconds` is the group's;
+    `batched_runs` says how many runs shared the programs. With `checkpoint_every`, the
+    group's search state is checkpointed as one pytree in the FIRST run's workdir (its
+    fingerprint lists every run's traced values) and `--resume` of the first command line
+    continues it.
     """
-    import matplotlib
-    matplotlib.use("Agg")
-
-    parsed = [parse(Config, argv, name=NAME, description=__doc__) for argv in argvs]
-    configs = [config for config, _, _ in parsed]
-    check_group(configs)
-    with Timer() as timer:
-        outcomes = _experiment(configs, [run for _, run, _ in parsed], parsed[0][2])
-    summaries = []
-    for (config, run, args), outcome in zip(parsed, outcomes):
-        summary, figures = _report(config, outcome, len(configs))
-        summaries.append(finish(run, args, summary, figures, timer.seconds))
-    return summaries
+    return common.run_many(Config, argvs, name=NAME, description=__doc__, traced=TRACED,
+                           experiment=_experiment, report=_report)
 
 
 def _experiment(configs, runs, args=None) -> list[dict]:
     """The search and retraining of the group; per run, the arrays `_report` needs."""
     config, num = configs[0], len(configs)
     ds, (train, val, test) = _splits(configs)
-    prog = programs(_static(config), ds.num_features, ds.num_classes)
+    prog = programs(common.static_config(config, TRACED), ds.num_features, ds.num_classes)
     hyper = _hyper(configs)
     keys = jnp.stack([jax.random.split(jax.random.key(c.seed), c.num_seeds) for c in configs])
     state = prog.init(keys, train[0], hyper)

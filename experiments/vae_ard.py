@@ -26,6 +26,12 @@ term vanishes). Pruning keeps the k dimensions of largest gamma (the others are 
 gate 0 and no KL term) and re-evaluates the validation ELBO for k = 0..D.
 Seeds are trained together with `jax.vmap` in one jitted `lax.scan`.
 
+`run_many` runs several runs that differ only in the `TRACED` fields (seed, learning rate,
+weight_decay, gate_prior, kl_threshold) as the same programs vmapped over runs x seeds,
+each run on its own split with its own keys and coefficients, and writes every run's own
+record; `structsel sweep vae_ard` groups its runs that way (docs/sweep.md). `main` is
+`run_many` of one run.
+
     python -m experiments.vae_ard [--smoke] [--workdir DIR] [--figures docs/figures]
 """
 from __future__ import annotations
@@ -36,6 +42,9 @@ if not __package__:  # run as a file (python experiments/x.py), from any directo
 
 import dataclasses
 import functools
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import distrax
 import flax.linen as nn
@@ -45,11 +54,18 @@ import numpy as np
 import optax
 import tqdm
 
-from experiments.common import Timer, finish, parse
+from experiments import common
 from structsel import data
 from structsel.structure import Sigmoid, threshold_vertex
 
 NAME = "vae_ard"
+# Config fields that are traced (arguments of the compiled programs, vmapped over runs;
+# kl_threshold is only used after them): runs that differ only in these share one program
+# (`run_many`, `structsel sweep`).
+TRACED = ("seed", "learning_rate", "weight_decay", "gate_prior", "kl_threshold")
+# Adam's other hyperparameters stay Python floats, so that with the learning rate in the
+# optimiser state the update is optax.adam's bit for bit.
+ADAM_STATIC = ("b1", "b2", "eps", "eps_root")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,9 +99,26 @@ class Config:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
         if self.steps % self.log_every:
             raise ValueError(f"log_every must divide steps ({self.steps}), got {self.log_every}")
-        for name in ("learning_rate", "weight_decay", "gate_prior"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        for name in ("learning_rate", "weight_decay", "gate_prior", "kl_threshold"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and not isinstance(value, bool)
+                    and math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be >= 0 and finite, got {value!r}")
+
+
+class Penalty(NamedTuple):
+    """The prior terms' coefficients of one run (traced, so a group of runs shares the
+    program): weight_decay, the precision of V's prior, and gate_prior, the rate of the
+    exponential prior on gamma_d."""
+
+    weight_decay: Any
+    gate_prior: Any
+
+    @classmethod
+    def of(cls, configs: Sequence[Config]) -> "Penalty":
+        """The runs' coefficients as (R,) float32 arrays."""
+        return cls(*(jnp.asarray([getattr(c, f) for c in configs], jnp.float32)
+                     for f in cls._fields))
 
 
 class Encoder(nn.Module):
@@ -147,14 +180,14 @@ class GatedVAE:
         kl = q.kl_divergence(distrax.Normal(jnp.zeros_like(mu), jnp.ones_like(mu))) * mask
         return log_lik, kl
 
-    def loss(self, params, x, num_data, *, key):
+    def loss(self, params, x, num_data, penalty: Penalty, *, key):
         """-(ELBO(x) - (wd / 2m) ||V||^2 - gate_prior sum_d gamma_d), mean over the batch."""
-        c = self.config
-        ones = jnp.ones((c.latent_dim,))
+        ones = jnp.ones((self.config.latent_dim,))
         log_lik, kl = self.elbo_terms(params, x, ones, key=key)
         elbo = jnp.mean(log_lik - kl.sum(-1))
-        decay = 0.5 * c.weight_decay * jnp.sum(params["dec"]["gated"]["kernel"] ** 2) / num_data
-        return -elbo + decay + c.gate_prior * jnp.sum(self.gamma(params))
+        decay = (0.5 * penalty.weight_decay * jnp.sum(params["dec"]["gated"]["kernel"] ** 2)
+                 / num_data)
+        return -elbo + decay + penalty.gate_prior * jnp.sum(self.gamma(params))
 
     def elbo(self, params, x, mask, *, key):
         """Mean validation ELBO (nats per image) of the model restricted to `mask`."""
@@ -172,7 +205,7 @@ def load_pixels(seed: int):
     return x[tr], x[va], x[te]
 
 
-def train_chunk(model: GatedVAE, opt, x_train, carry, steps):
+def train_chunk(model: GatedVAE, opt, x_train, penalty: Penalty, carry, steps):
     """`len(steps)` Adam steps on random minibatches (lax.scan); fold_in(key, step) per step."""
     m, b = x_train.shape[0], model.config.batch_size
 
@@ -180,7 +213,7 @@ def train_chunk(model: GatedVAE, opt, x_train, carry, steps):
         params, opt_state, key = c
         k_batch, k_z = jax.random.split(jax.random.fold_in(key, t))
         idx = jax.random.choice(k_batch, m, (b,), replace=False)
-        loss, grads = jax.value_and_grad(model.loss)(params, x_train[idx], m, key=k_z)
+        loss, grads = jax.value_and_grad(model.loss)(params, x_train[idx], m, penalty, key=k_z)
         updates, opt_state = opt.update(grads, opt_state, params)
         return (optax.apply_updates(params, updates), opt_state, key), loss
 
@@ -197,52 +230,118 @@ def prune_curve(model: GatedVAE, params, x, *, key):
     return jax.vmap(lambda mask: model.elbo(params, x, mask, key=key))(masks)
 
 
-def main(argv=None) -> dict:
-    import matplotlib
-    matplotlib.use("Agg")
+class Programs(NamedTuple):
+    """The jitted programs of one static config, over runs (R) x seeds (S = num_seeds).
 
-    config, run, args = parse(Config, argv, name=NAME, description=__doc__)
-    with Timer() as timer:
-        summary, figures = _experiment(config, run)
-    return finish(run, args, summary, figures, timer.seconds)
+    Data carry a leading run axis (each run's split); `k_eval` is one key per run.
+    """
+
+    model: GatedVAE
+    init: Callable      # (keys (R, S), x_train, learning_rate (R,)) -> (params, opt_state)
+    chunk: Callable     # (carry, steps (T,), x_train, Penalty (R,)) -> (carry, loss (R, S))
+    val_elbo: Callable  # (params, x_val, k_eval) -> validation ELBO (R, S)
+    evaluate: Callable  # (params, x_val, x_test, k_eval) -> gamma, KL_d, prune curve, test ELBOs
 
 
-def _experiment(config: Config, run):
+@functools.lru_cache(maxsize=8)
+def programs(config: Config) -> Programs:
+    """Builds the programs of `config` (its static fields: `common.static_config`) once."""
     model = GatedVAE(config)
-    x_train, x_val, x_test = (jnp.asarray(a) for a in load_pixels(config.seed))
-    opt = optax.adam(config.learning_rate)
-    k_init, k_train, k_eval = jax.random.split(jax.random.key(config.seed), 3)
-
-    def init(key):
-        params = model.init(key, x_train)
-        return params, opt.init(params)
-
-    params, opt_state = jax.jit(jax.vmap(init))(jax.random.split(k_init, config.num_seeds))
-    carry = (params, opt_state, jax.random.split(k_train, config.num_seeds))
-    chunk = jax.jit(jax.vmap(functools.partial(train_chunk, model, opt, x_train),
-                             in_axes=(0, None)))
+    # the learning rate is traced per run, in the optimiser state; the NaN placeholder is
+    # always replaced (a forgotten one would show as a NaN loss)
+    opt = optax.inject_hyperparams(optax.adam, static_args=ADAM_STATIC)(
+        learning_rate=float("nan"))
     ones = jnp.ones((config.latent_dim,))
-    val_elbo = jax.jit(jax.vmap(lambda p: model.elbo(p, x_val, ones, key=k_eval)))
-    for start in tqdm.trange(0, config.steps, config.log_every, desc="VAE training"):
-        carry, loss = chunk(carry, jnp.arange(start, start + config.log_every))
-        params = carry[0]
-        run.log_metrics(start + config.log_every, train_loss=np.asarray(loss),
-                        val_elbo=np.asarray(val_elbo(params)),
-                        gamma=np.asarray(jax.vmap(model.gamma)(params)))
 
-    @jax.jit
-    def evaluate(params):
+    def init(keys, x, learning_rate):
+        def one(key):
+            params = model.init(key, x)
+            state = opt.init(params)
+            return params, state._replace(
+                hyperparams={**state.hyperparams, "learning_rate": learning_rate})
+        return jax.vmap(one)(keys)
+
+    def chunk(carry, steps, x, penalty):
+        return jax.vmap(lambda c: train_chunk(model, opt, x, penalty, c, steps))(carry)
+
+    def val_elbo(params, x, key):
+        return jax.vmap(lambda p: model.elbo(p, x, ones, key=key))(params)
+
+    def evaluate(params, x_val, x_test, key):
         def one(p):
-            _, kl = model.elbo_terms(p, x_val, ones, key=k_eval, num_samples=config.eval_samples)
-            return (model.gamma(p), kl.mean(0), prune_curve(model, p, x_val, key=k_eval),
-                    model.elbo(p, x_test, ones, key=k_eval),
-                    model.elbo(p, x_test, threshold_vertex(model.gamma(p)), key=k_eval))
+            _, kl = model.elbo_terms(p, x_val, ones, key=key, num_samples=config.eval_samples)
+            return (model.gamma(p), kl.mean(0), prune_curve(model, p, x_val, key=key),
+                    model.elbo(p, x_test, ones, key=key),
+                    model.elbo(p, x_test, threshold_vertex(model.gamma(p)), key=key))
         return jax.vmap(one)(params)
 
-    gamma, kl, curve, test_full, test_pruned = (np.asarray(a) for a in evaluate(params))
+    return Programs(model, jax.jit(jax.vmap(init)),
+                    jax.jit(jax.vmap(chunk, in_axes=(0, None, 0, 0))),
+                    jax.jit(jax.vmap(val_elbo)), jax.jit(jax.vmap(evaluate)))
+
+
+def _splits(configs: Sequence[Config]):
+    """Each run's pixels split (seeded by its seed), stacked: (train, val, test) with a
+    leading run axis (the splits of digits have the same sizes for every seed)."""
+    sets = [load_pixels(c.seed) for c in configs]
+    sizes = {tuple(len(a) for a in parts) for parts in sets}
+    if len(sizes) != 1:
+        raise ValueError(f"the digits splits of the seeds differ in size: {sorted(sizes)}")
+    return tuple(jnp.asarray(np.stack(part)) for part in zip(*sets))
+
+
+def main(argv=None) -> dict:
+    """One run: `run_many` of one command line."""
+    return run_many([argv])[0]
+
+
+def run_many(argvs: Sequence[Sequence[str] | None]) -> list[dict]:
+    """Runs, given by `main`'s command lines, as ONE vmapped training program (and one
+    program per evaluation); returns their summaries (each also in its workdir).
+
+    The runs may differ only in the `TRACED` fields (else ValueError, before compiling).
+    Each run keeps what `main` gives it alone: its own digits split, its keys
+    (`split(key(seed), 3)`: init, training, evaluation; `num_seeds` seeds from each), its
+    learning rate (in its optimiser state) and coefficients (`Penalty`), and its own
+    record (config.json, metrics.jsonl, summary.json, figures). `wall_seconds` is the
+    group's; `batched_runs` says how many runs shared the programs.
+    """
+    return common.run_many(Config, argvs, name=NAME, description=__doc__, traced=TRACED,
+                           experiment=_experiment, report=_report)
+
+
+def _experiment(configs: Sequence[Config], runs, args=None) -> list[dict]:
+    """The training and evaluation of the group; per run, the arrays `_report` needs."""
+    config, num = configs[0], len(configs)
+    prog = programs(common.static_config(config, TRACED))
+    x_train, x_val, x_test = _splits(configs)
+    keys = jnp.stack([jax.random.split(jax.random.key(c.seed), 3) for c in configs])
+    k_init, k_train, k_eval = keys[:, 0], keys[:, 1], keys[:, 2]
+    per_seed = jax.vmap(lambda k: jax.random.split(k, config.num_seeds))
+    params, opt_state = prog.init(per_seed(k_init), x_train,
+                                  jnp.asarray([c.learning_rate for c in configs], jnp.float32))
+    carry = (params, opt_state, per_seed(k_train))
+    penalty = Penalty.of(configs)
+    gamma_of = jax.vmap(jax.vmap(prog.model.gamma))
+    for start in tqdm.trange(0, config.steps, config.log_every, desc="VAE training"):
+        carry, loss = prog.chunk(carry, jnp.arange(start, start + config.log_every), x_train,
+                                 penalty)
+        params = carry[0]
+        loss, val, gamma = (np.asarray(a) for a in (loss, prog.val_elbo(params, x_val, k_eval),
+                                                    gamma_of(params)))
+        for r, run in enumerate(runs):
+            run.log_metrics(start + config.log_every, train_loss=loss[r], val_elbo=val[r],
+                            gamma=gamma[r])
+    outcome = (np.asarray(a) for a in prog.evaluate(params, x_val, x_test, k_eval))
+    batched = dict(zip(("gamma", "kl", "curve", "test_full", "test_pruned"), outcome))
+    return [{k: v[r] for k, v in batched.items()} for r in range(num)]
+
+
+def _report(config: Config, out: dict, batched_runs: int):
+    """summary.json and the figures of one run from its slice of the group's outcome."""
+    gamma, kl, curve = out["gamma"], out["kl"], out["curve"]
     kept = (gamma > 0.5).sum(-1)
     active = (kl > config.kl_threshold).sum(-1)
-    best_k = curve.argmax(-1)
     summary = {
         "gamma": gamma.tolist(),                      # (seeds, D)
         "kl_per_dim": kl.tolist(),                    # mean KL_d over validation images
@@ -250,9 +349,10 @@ def _experiment(config: Config, run):
         "active_dims": active.tolist(),               # KL_d > kl_threshold
         "val_elbo_by_kept_dims": curve.tolist(),      # (seeds, D + 1), k = 0..D
         "val_elbo_full": curve[:, -1].tolist(),
-        "best_k": best_k.tolist(),
-        "test_elbo_full": test_full.tolist(),
-        "test_elbo_pruned": test_pruned.tolist(),     # gates thresholded at 0.5
+        "best_k": curve.argmax(-1).tolist(),
+        "test_elbo_full": out["test_full"].tolist(),
+        "test_elbo_pruned": out["test_pruned"].tolist(),   # gates thresholded at 0.5
+        "batched_runs": batched_runs,
     }
     figures = {"vae_relevance.png": plot_relevance(gamma, kl, config),
                "vae_elbo.png": plot_elbo(curve, kept, config)}

@@ -19,7 +19,8 @@ runs a list of runs sharing every static key. Three kinds:
   stopped; with `--devices`, each search splits the rows of its minibatches over the
   devices (data parallelism).
 - any other experiment of `experiments/` (`Experiment`): its `Config` fields as keys
-  (plus `smoke`). An experiment with `run_many` and `TRACED` (two_layer_digits) runs
+  (plus `smoke`). An experiment with `run_many` and `TRACED` (two_layer_digits, vae_ard,
+  relaxations, complexity) runs
   each group (runs agreeing on every non-traced key) as one `run_many` call: one program
   vmapped over the runs; the others loop over `main`.
 

@@ -15,6 +15,7 @@ import optax
 import pytest
 
 from experiments import two_layer_digits as tld
+from experiments.common import static_config
 from structsel import data
 from structsel.bilevel import BilevelTrainer
 from structsel.objective import Objective, darts
@@ -71,7 +72,7 @@ def group(tmp_path_factory):
         mp.setattr(tld, "run_chunks", recording)
         summaries = tld.run_many([_argv(root / f"g{i}", *run) for i, run in enumerate(RUNS)])
     info = tld.programs.cache_info()
-    prog = tld.programs(tld._static(tld.Config.smoke()), 64, 10)
+    prog = tld.programs(static_config(tld.Config.smoke(), tld.TRACED), 64, 10)
     return {"root": root, "summaries": summaries, "calls": calls, "programs": prog,
             "cache_info": info}
 
