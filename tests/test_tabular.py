@@ -9,7 +9,7 @@ import pytest
 
 from structsel import basis
 from structsel.family import discrete_model
-from structsel.search import enumeration, runner, spaces, tabular
+from structsel.search import enumeration, methods, runner, spaces, tabular
 from structsel.search.enumeration import Classification, Regression, Splits, TrainConfig
 
 
@@ -284,6 +284,20 @@ def test_tables_default_to_the_tabular_space_and_budget(tmp_path):
     assert runner.default_budget("mnist1d", "tabular") == "tabular"  # mnist1d as a table
     b = runner.BUDGETS["tabular"]
     assert b.width == 16 and tabular.hidden_widths(b.width) == (16, 64, 256)
+
+
+def test_the_default_on_tables_runs_the_extended_kl_path(tmp_path):
+    # the space's default method gets the space's path (c down to 1e-3); a method or a
+    # path the user names is kept as named, and other spaces keep their method's own path
+    path = (1.0, 0.3, 0.1, 0.03, 0.01, 0.003, 0.001)
+    assert spaces.DEFAULT_KL_WEIGHTS["tabular"] == path
+    assert runner.search_config(dataset="wine", workdir=str(tmp_path)).kl_weights == path
+    assert runner.search_config(dataset="wine", method="bayes_inner",
+                                workdir=str(tmp_path)).kl_weights is None
+    assert runner.search_config(dataset="wine", kl_weights="1,0.1",
+                                workdir=str(tmp_path)).kl_weights == (1.0, 0.1)
+    assert runner.search_config(space="mlp3", workdir=str(tmp_path)).kl_weights is None
+    assert methods.METHODS["bayes_inner"].path == (1.0, 0.3, 0.1, 0.03, 0.01)
 
 
 # --- the deep ensemble of the retrained seeds -------------------------------------------------

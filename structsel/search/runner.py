@@ -291,6 +291,8 @@ def search_config(*, data=None, target=None, task=None, dataset=None, space=None
     space = space or spaces.space_for_dataset(dataset)
     if space not in spaces.SPACES:
         raise ValueError(f"space must be one of {sorted(spaces.SPACES)}, got {space!r}")
+    if method is None and kl_weights is None:      # the space's default method and path
+        kl_weights = spaces.DEFAULT_KL_WEIGHTS.get(space)
     method = method or spaces.default_method(space)
     if not isinstance(seeds, int) or seeds < 1:
         raise ValueError(f"seeds must be an int >= 1, got {seeds!r}")
