@@ -149,6 +149,20 @@ def check_group(configs: Sequence[Any], traced: Sequence[str]) -> None:
                                  f"{b!r} in another")
 
 
+def stack_runs(per_run: Sequence[Sequence[Any]]) -> tuple:
+    """Each run's arrays (the same list per run: e.g. its train / val / test split) stacked
+    along a new leading run axis, as jax arrays; ValueError naming the shapes when the
+    runs' arrays differ in shape (they could not share one vmapped program)."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    shapes = {tuple(np.shape(a) for a in arrays) for arrays in per_run}
+    if len(shapes) != 1:
+        raise ValueError(f"the runs' data differ in shape, so they cannot be one vmapped "
+                         f"program: {sorted(shapes)}")
+    return tuple(jnp.asarray(np.stack(column)) for column in zip(*per_run))
+
+
 def run_many(config_cls: type[C], argvs: Sequence[Sequence[str] | None], *, name: str,
              description: str, traced: Sequence[str],
              experiment: Callable[[list, list, argparse.Namespace], list],

@@ -114,7 +114,7 @@ def _experiment(configs: Sequence[Config], runs, args=None) -> list[dict]:
     """The sweep's training and the evaluation of every solution; per run, what
     `_report` needs."""
     cfg = configs[0]
-    x, y = (jnp.asarray(np.stack(a)) for a in zip(*(glm_toy(seed=c.seed) for c in configs)))
+    x, y = common.stack_runs([glm_toy(seed=c.seed) for c in configs])
     objective = glm_objective(x.shape[-1], num_samples=cfg.num_samples, log_std_floor=None,
                               noise_std=cfg.noise_std)
     trainer = make_trainer(objective, lr=cfg.lr, warmup=cfg.iterations, method="exact",

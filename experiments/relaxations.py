@@ -103,7 +103,7 @@ def _experiment(configs: Sequence[Config], runs, args=None) -> list[dict]:
     if unknown or not cfg.relaxations:
         raise ValueError(f"relaxations must be a non-empty tuple of {tuple(RELAXATIONS)}, "
                          f"got {cfg.relaxations!r}")
-    x, y = (jnp.asarray(np.stack(a)) for a in zip(*(glm_toy(seed=c.seed) for c in configs)))
+    x, y = common.stack_runs([glm_toy(seed=c.seed) for c in configs])
     fix = cfg.fixed_log_alpha is not None
 
     def settings(c):

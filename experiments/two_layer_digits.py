@@ -46,7 +46,8 @@ import tqdm
 from experiments import common
 from experiments.common import check_fields, checkpointer
 from structsel import basis, data
-from structsel.bilevel import BilevelTrainer, check_divergence
+from structsel.bilevel import (BilevelTrainer, check_divergence, traced_optimizer,
+                               with_hyperparams)
 from structsel.family import two_layer_net
 from structsel.hypergradient import METHODS
 from structsel.loop import run_chunks
@@ -57,9 +58,6 @@ NAME = "two_layer_digits"
 # Config fields that are traced (arguments of the compiled programs, vmapped over runs):
 # runs that differ only in these share one program (`run_many`, `structsel sweep`).
 TRACED = ("seed", "inner_lr", "outer_lr", "weight_decay")
-# Adam's other hyperparameters stay Python floats, so that with the learning rate and the
-# weight decay in the optimiser state the update is optax.adamw's / optax.adam's bit for bit.
-ADAM_STATIC = ("b1", "b2", "eps", "eps_root")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,14 +120,9 @@ def cross_entropy(family, weights, gamma, batch) -> jax.Array:
     return optax.softmax_cross_entropy_with_integer_labels(logits, batch[1]).mean()
 
 
-def with_hyperparams(opt_state, hyper: dict):
-    """An `optax.inject_hyperparams` state with `hyper` (name -> value) in place."""
-    return opt_state._replace(hyperparams={**opt_state.hyperparams, **hyper})
-
-
 def train_fixed(family, opt, steps: int, train, weights, gamma, hyper: dict):
     """`steps` optimiser steps on the train cross-entropy with gamma fixed (lax.scan);
-    `opt` is an inject_hyperparams transformation, `hyper` its values for this run."""
+    `opt` is a `traced_optimizer`, `hyper` its values for this run."""
     def body(carry, _):
         w, s = carry
         g = jax.grad(cross_entropy, argnums=1)(family, w, gamma, train)
@@ -168,13 +161,9 @@ def programs(config: Config, num_features: int, num_classes: int) -> Programs:
     fam = two_layer_net(num_features, config.hidden, num_classes, config.activations)
     objective = Objective(fam, "categorical", relaxation=Softmax(), coefficients=darts(),
                           weights="point")
-    # learning rates and weight decay are traced per run, in the optimiser states; the
-    # NaN placeholders are always replaced (a forgotten one would show as a NaN loss)
-    nan = float("nan")
-    inner_opt = optax.inject_hyperparams(optax.adamw, static_args=ADAM_STATIC)(
-        learning_rate=nan, weight_decay=nan)
-    outer_opt = optax.inject_hyperparams(optax.adam, static_args=ADAM_STATIC)(
-        learning_rate=nan)
+    # learning rates and weight decay are traced per run, in the optimiser states
+    inner_opt = traced_optimizer(optax.adamw, "learning_rate", "weight_decay")
+    outer_opt = traced_optimizer(optax.adam, "learning_rate")
     trainer = BilevelTrainer(objective.inner_loss, objective.outer_loss, inner_opt, outer_opt,
                              inner_steps=config.inner_steps,
                              hypergradient_method=config.method,
@@ -213,12 +202,9 @@ def _splits(configs: Sequence[Config]):
     """Each run's digits split (seeded by its seed), stacked: (train, val, test) batches
     with a leading run axis (the splits of digits have the same sizes for every seed)."""
     sets = [data.load_sklearn("digits", seed=c.seed) for c in configs]
-    parts = ("train", "val", "test")
-    sizes = {tuple(len(getattr(d, f"y_{p}")) for p in parts) for d in sets}
-    if len(sizes) != 1:
-        raise ValueError(f"the digits splits of the seeds differ in size: {sorted(sizes)}")
-    stack = lambda name: jnp.asarray(np.stack([getattr(d, name) for d in sets]))  # noqa: E731
-    return sets[0], tuple((stack(f"x_{p}"), stack(f"y_{p}")) for p in parts)
+    xtr, ytr, xva, yva, xte, yte = common.stack_runs(
+        [(d.x_train, d.y_train, d.x_val, d.y_val, d.x_test, d.y_test) for d in sets])
+    return sets[0], ((xtr, ytr), (xva, yva), (xte, yte))
 
 
 def main(argv=None) -> dict:

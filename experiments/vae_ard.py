@@ -56,6 +56,7 @@ import tqdm
 
 from experiments import common
 from structsel import data
+from structsel.bilevel import traced_optimizer, with_hyperparams
 from structsel.structure import Sigmoid, threshold_vertex
 
 NAME = "vae_ard"
@@ -63,9 +64,6 @@ NAME = "vae_ard"
 # kl_threshold is only used after them): runs that differ only in these share one program
 # (`run_many`, `structsel sweep`).
 TRACED = ("seed", "learning_rate", "weight_decay", "gate_prior", "kl_threshold")
-# Adam's other hyperparameters stay Python floats, so that with the learning rate in the
-# optimiser state the update is optax.adam's bit for bit.
-ADAM_STATIC = ("b1", "b2", "eps", "eps_root")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -247,18 +245,14 @@ class Programs(NamedTuple):
 def programs(config: Config) -> Programs:
     """Builds the programs of `config` (its static fields: `common.static_config`) once."""
     model = GatedVAE(config)
-    # the learning rate is traced per run, in the optimiser state; the NaN placeholder is
-    # always replaced (a forgotten one would show as a NaN loss)
-    opt = optax.inject_hyperparams(optax.adam, static_args=ADAM_STATIC)(
-        learning_rate=float("nan"))
+    opt = traced_optimizer(optax.adam, "learning_rate")  # the lr traced per run, in the state
     ones = jnp.ones((config.latent_dim,))
 
     def init(keys, x, learning_rate):
         def one(key):
             params = model.init(key, x)
             state = opt.init(params)
-            return params, state._replace(
-                hyperparams={**state.hyperparams, "learning_rate": learning_rate})
+            return params, with_hyperparams(state, {"learning_rate": learning_rate})
         return jax.vmap(one)(keys)
 
     def chunk(carry, steps, x, penalty):
@@ -283,11 +277,7 @@ def programs(config: Config) -> Programs:
 def _splits(configs: Sequence[Config]):
     """Each run's pixels split (seeded by its seed), stacked: (train, val, test) with a
     leading run axis (the splits of digits have the same sizes for every seed)."""
-    sets = [load_pixels(c.seed) for c in configs]
-    sizes = {tuple(len(a) for a in parts) for parts in sets}
-    if len(sizes) != 1:
-        raise ValueError(f"the digits splits of the seeds differ in size: {sorted(sizes)}")
-    return tuple(jnp.asarray(np.stack(part)) for part in zip(*sets))
+    return common.stack_runs([load_pixels(c.seed) for c in configs])
 
 
 def main(argv=None) -> dict:

@@ -75,6 +75,29 @@ def exponential(t0: float, t1: float, steps: int) -> Schedule:
     return optax.exponential_decay(float(t0), steps, float(t1) / float(t0), end_value=float(t1))
 
 
+# Adam's hyperparameters that stay Python floats when others are traced per run.
+ADAM_STATIC = ("b1", "b2", "eps", "eps_root")
+
+
+def traced_optimizer(opt_fn: Callable[..., optax.GradientTransformation],
+                     *names: str) -> optax.GradientTransformation:
+    """`opt_fn` (optax.adam, optax.adamw, ...) with the hyperparameters `names` (e.g.
+    "learning_rate", "weight_decay") held in the optimiser state by
+    `optax.inject_hyperparams`, so that runs vmapped together each have their own values
+    (set with `with_hyperparams` after `init`). Adam's b1, b2, eps, eps_root stay Python
+    floats, so the update is `opt_fn`'s bit for bit. The traced values start unset (NaN):
+    a state that was never given its run's values shows a NaN loss at the first step,
+    never a silent default."""
+    return optax.inject_hyperparams(opt_fn, static_args=ADAM_STATIC)(
+        **{name: float("nan") for name in names})
+
+
+def with_hyperparams(opt_state, hyper: Mapping[str, Any]):
+    """A `traced_optimizer` state (or a batch of them) with `hyper` (name -> value, arrays
+    with the batch's shape for a batch) in place."""
+    return opt_state._replace(hyperparams={**opt_state.hyperparams, **hyper})
+
+
 @flax.struct.dataclass
 class BilevelState:
     """Trainer state: theta (params), h (hparams), both optimiser states, step, PRNG key,

@@ -290,13 +290,6 @@ class GlmProgram:
         return self.init_fn(keys, traced["lr"], x)
 
 
-ADAM_STATIC = ("b1", "b2", "eps", "eps_root")
-
-
-def _with_lr(opt_state, lr):
-    return opt_state._replace(hyperparams={**opt_state.hyperparams, "learning_rate": lr})
-
-
 def glm_data(num_objects: int, noise: float, data_seed: int):
     """The GLM toy's (x, y) (an argument of the program, not a constant in it)."""
     import jax.numpy as jnp
@@ -314,21 +307,22 @@ def glm_program(*, iterations, warmup, chunk, num_samples, fast_compile) -> GlmP
     import jax.numpy as jnp
     import optax
 
-    from structsel.bilevel import BilevelTrainer
+    from structsel.bilevel import BilevelTrainer, traced_optimizer, with_hyperparams
 
     g = _glm_module()
     objective = g.glm_objective(12, num_samples=num_samples)
     inner, outer = g.make_losses(objective)
-    # lr traced per run (in the optimiser state); b1, b2, eps stay Python floats, so the
-    # update is bit for bit optax.adam(lr)'s (tests/test_sweep.py)
-    adam = optax.inject_hyperparams(optax.adam, static_args=ADAM_STATIC)(learning_rate=0.01)
+    # lr traced per run (in the optimiser state); the update is bit for bit
+    # optax.adam(lr)'s (tests/test_sweep.py)
+    adam = traced_optimizer(optax.adam, "learning_rate")
     trainer = BilevelTrainer(inner, outer, adam, adam, warmup_steps=warmup,
                              structure_fn=lambda p, h, c: p["struct"][0])
 
     def init(keys, lrs, x):
         states = trainer.init_many(lambda k: objective.init(k, x), keys)
-        return states.replace(inner_opt_state=_with_lr(states.inner_opt_state, lrs),
-                              outer_opt_state=_with_lr(states.outer_opt_state, lrs))
+        lr = {"learning_rate": lrs}
+        return states.replace(inner_opt_state=with_hyperparams(states.inner_opt_state, lr),
+                              outer_opt_state=with_hyperparams(states.outer_opt_state, lr))
 
     def one(state, setting, xx, yy):
         state, h = trainer.run(state, (xx, yy, setting), (xx, yy, setting), chunk)

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 
 from structsel import cli
 from structsel.sweep import SweepError, read_rows, result_columns, sweep
-from structsel.sweep_targets import ADAM_STATIC
+from structsel.bilevel import traced_optimizer, with_hyperparams
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 STATIC = ["iterations=40", "warmup=4", "chunk=2", "num_samples=1", "num_objects=10",
@@ -100,14 +100,14 @@ def test_cli_errors_exit_2_without_traceback(tmp_path, capsys):
 
 
 def test_learning_rate_in_the_state_equals_adam():
-    """inject_hyperparams(adam) with lr written into its state (what the sweep traces per
+    """traced_optimizer(adam) with lr written into its state (what the sweep traces per
     run) == optax.adam(lr), bit for bit, on a quadratic over 5 steps."""
     params = {"a": jnp.asarray([1.0, -2.0, 3.0])}
     grad = jax.grad(lambda p: jnp.sum(p["a"] ** 2 * jnp.arange(1.0, 4.0)))
     ref = optax.adam(0.03)
-    opt = optax.inject_hyperparams(optax.adam, static_args=ADAM_STATIC)(learning_rate=0.01)
+    opt = traced_optimizer(optax.adam, "learning_rate")
     s_ref, s = ref.init(params), opt.init(params)
-    s = s._replace(hyperparams={**s.hyperparams, "learning_rate": jnp.float32(0.03)})
+    s = with_hyperparams(s, {"learning_rate": jnp.float32(0.03)})
     p_ref = p = params
     for _ in range(5):
         u, s_ref = ref.update(grad(p_ref), s_ref, p_ref)
