@@ -99,6 +99,11 @@ def test_constant_and_linear_scores_in_closed_form():
     assert scores["constant"]["val_metric"] == pytest.approx(np.mean(ds.y_val == majority))
     assert scores["constant"]["params"] == 3 and scores["linear"]["params"] == 6 * 3
     assert scores["linear"]["val_metric"] > 0.8  # the labels are a noisy linear argmax
+    # val_loss: the cross-entropy of the class prior, -1/m sum log p_train(y_i) (float32)
+    prior = np.bincount(ds.y_train, minlength=3) / len(ds.y_train)
+    assert scores["constant"]["val_loss"] == pytest.approx(-np.log(prior[ds.y_val]).mean(),
+                                                           rel=1e-5)
+    assert scores["linear"]["val_loss"] < scores["constant"]["val_loss"]
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(100, 2))
@@ -111,6 +116,9 @@ def test_constant_and_linear_scores_in_closed_form():
     assert scores["constant"]["val_metric"] == pytest.approx(
         np.sqrt(np.mean((raw_val - raw_train_mean) ** 2)), rel=1e-4)
     assert scores["linear"]["params"] == 3
+    # val_loss: mean squared error in standardised units = (RMSE / std)^2
+    assert scores["constant"]["val_loss"] == pytest.approx(
+        (scores["constant"]["val_metric"] / std) ** 2, rel=1e-4)
     assert scores["linear"]["val_metric"] < 0.2 * scores["constant"]["val_metric"]
 
 

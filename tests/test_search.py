@@ -443,3 +443,14 @@ def test_selection_rules():
     assert one_se_choice(tied, [500, 50, 5], higher_is_better=True, rule="best")[0] == 1
     with pytest.raises(ValueError, match="rule must be one of"):
         one_se_choice(val, [1, 2, 3], higher_is_better=True, rule="median")
+    # a validation loss breaks rule "best"'s exact ties before the parameter count does,
+    # never a strict difference in the metric, and rule "one_se" ignores it
+    loss = [0.2, 0.3, 0.01]
+    assert one_se_choice(tied, [500, 50, 5], higher_is_better=True, rule="best",
+                         loss=loss)[0] == 0
+    assert one_se_choice(tied, [500, 50, 5], higher_is_better=True, rule="best",
+                         loss=[0.2, 0.2, 0.01])[0] == 1       # equal losses: fewer params
+    assert one_se_choice(tied, [500, 50, 5], higher_is_better=True, rule="one_se",
+                         loss=loss)[0] == 1
+    with pytest.raises(ValueError, match=r"loss must have shape \(3,\)"):
+        one_se_choice(tied, [500, 50, 5], higher_is_better=True, rule="best", loss=[0.1])

@@ -350,10 +350,49 @@ def test_selection_by_the_ensemble_and_its_record():
     assert plain.best == 1 and plain.ensemble_val is None
     np.testing.assert_allclose(ens.ensemble_val, [1.0, 5 / 6])
     assert ens.best == 0
+    # the ensemble's validation loss: -1/m sum log(mean_s softmax(f_s(x_i)))_{y_i} (numpy)
+    probs = np.exp(outs) / np.exp(outs).sum(-1, keepdims=True)
+    oracle = [-np.log(probs[i].mean(0)[np.arange(6), y]).mean() for i in range(2)]
+    np.testing.assert_allclose(ens.ensemble_val_loss, oracle, rtol=1e-5)  # float32 logits
     record = runner._ensemble_record(ens, ens.best)
     assert record["val_metric"] == record["test_metric"] == 1.0
     assert record["ensemble"]["members"] == 2 and record["ensemble"]["val_metric_single"] == 0.75
     assert record["ensemble"]["params_total"] == 20
+
+
+def test_ensemble_ties_go_to_the_lower_validation_loss():
+    # two candidates whose ensembles are right on every validation row (a tie in accuracy):
+    # the confident one (lower cross-entropy) wins although it has more parameters; with
+    # no ensemble the tie goes to the fewer parameters, as before
+    from structsel.search import selection
+
+    y = np.array([0, 1, 1, 0])
+    data = Splits(None, None, None, y, None, y)
+    sure = np.array([[4.0, -4.0] if c == 0 else [-4.0, 4.0] for c in y])
+    outs = np.asarray([[sure, sure], [0.1 * sure, 0.1 * sure]], np.float32)
+
+    class Evaluator:
+        def __call__(self, choices, keys, outputs=False):
+            acc = (outs.argmax(-1) == y).mean(-1)
+            return {"val_metric": acc, "test_metric": acc, "val_out": outs, "test_out": outs}
+
+    class Space:
+        def num_params(self, choice, x):
+            return [100, 10][int(choice[0])]
+
+    choices = np.array([[0], [1]])
+    ens = selection.select(Evaluator(), Space(), choices, keys=None, x_train=None,
+                           higher_is_better=True, ensemble=(Classification(2), data))
+    np.testing.assert_allclose(ens.ensemble_val, [1.0, 1.0])
+    assert ens.ensemble_val_loss[0] < ens.ensemble_val_loss[1] and ens.best == 0
+    plain = selection.select(Evaluator(), Space(), choices, keys=None, x_train=None,
+                             higher_is_better=True)
+    assert plain.best == 1
+    front = selection.front_record(ens, type("S", (), {"selected": lambda self, c: {}})(),
+                                   choices, ["a", "b"])
+    assert [r["ensemble_val_loss"] for r in front["candidates"]] == pytest.approx(
+        ens.ensemble_val_loss.tolist())
+    assert "ensemble_val_loss" in front["rule"]
 
 
 def test_tabular_budget_ensembles_and_the_flag_parses():

@@ -167,7 +167,8 @@ def constant_outputs(task, y_train, n: int) -> np.ndarray:
 
 def _scores(task, out_val, out_test, data) -> dict:
     return {"val_metric": float(task.metric(jnp.asarray(out_val), data.y_val)),
-            "test_metric": float(task.metric(jnp.asarray(out_test), data.y_test))}
+            "test_metric": float(task.metric(jnp.asarray(out_test), data.y_test)),
+            "val_loss": float(task.loss(jnp.asarray(out_val), data.y_val))}
 
 
 def reference_scores(task, data, *, jit: Callable = lambda f: f) -> dict:

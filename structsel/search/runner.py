@@ -729,9 +729,9 @@ def _check_divergence(outcome, run) -> list[str]:
 def _retrain_selected(problem, evaluator, outcome, run, config, key, base, *,
                       search_space) -> dict:
     """Retrains every distinct proposal (restarts x the path's c values) from scratch, keeps
-    the best by validation metric with the one-standard-error rule (ties to fewer
-    parameters, `selection.one_se_choice`), scores it against the enumeration table and
-    writes structure.json, front.json and the figures. `problem` is at the final width
+    the best by validation metric (`selection.select`: exact ties go to the ensemble's
+    lower validation loss when the budget ensembles, then to fewer parameters), scores it
+    against the enumeration table and writes structure.json, front.json and the figures. `problem` is at the final width
     (`final_problem`); `search_space` names the ops of the searched Gamma."""
     from structsel.search import selection as sel
 
@@ -804,6 +804,7 @@ def _ensemble_record(chosen, best: int) -> dict:
     return {"val_metric": float(chosen.ensemble_val[best]),
             "test_metric": float(chosen.ensemble_test[best]),
             "ensemble": {"members": int(chosen.val.shape[1]),
+                         "val_loss": float(chosen.ensemble_val_loss[best]),
                          "val_metric_single": float(chosen.val[best].mean()),
                          "test_metric_single": float(chosen.test[best].mean()),
                          "test_metric_single_std": float(chosen.test[best].std()),

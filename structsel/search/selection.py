@@ -11,6 +11,14 @@ deviation over sqrt(retrain_seeds)) the fewest parameters win. Measured on both
 enumeration tables, "one_se" never selected a better structure and cost 3 of 10 seeds of
 `bayes_inner` 1 to 5 points of test accuracy (docs/search.md), so it is an option.
 
+With a deep ensemble (the tabular budget) exact ties in the ensemble's validation metric
+go to the lower validation loss of the ensemble (cross-entropy of its averaged class
+probabilities, or squared error), and only then to fewer parameters: accuracy on a small
+validation split moves in steps of 1/m_val and ties often (90 of wine's 125 mlp3-like
+structures reach 1.0 on its 36 rows), while the loss, a proper scoring rule, still ranks
+the tied candidates. The linear reference (`references.decide`) is not compared this way:
+a tie with it still goes to the linear model.
+
 `front.json` / `front.png` record the whole path: parameters against validation and test
 metric for every candidate, labelled with its c, and the enumeration table's Pareto front
 behind when a table exists.
@@ -35,20 +43,22 @@ class Selection(NamedTuple):
     higher_is_better: bool
     ensemble_val: np.ndarray | None = None   # (N,) metric of the seeds' deep ensemble
     ensemble_test: np.ndarray | None = None
+    ensemble_val_loss: np.ndarray | None = None   # (N,) the ensemble's validation loss
 
 
 RULES = ("best", "one_se")
 
 
-def one_se_choice(val, params, *, higher_is_better: bool, rule: str = "one_se"
-                  ) -> tuple[int, float]:
+def one_se_choice(val, params, *, higher_is_better: bool, rule: str = "one_se",
+                  loss=None) -> tuple[int, float]:
     """Index of the chosen candidate and the tie tolerance used.
 
     val: (N, S) validation metric per candidate and seed; params: (N,). Among candidates
     whose mean is within the tolerance of the best mean, the fewest parameters win (ties
     in parameters go to the better mean). Tolerance: rule "one_se": SE = sqrt(mean_i
     var_i) / sqrt(S) (var with ddof 1, pooled over candidates; 0 with one seed); rule
-    "best": 0 (exact ties only).
+    "best": 0 (exact ties only). loss: None, or (N,) validation losses (lower is better)
+    that break the exact ties of rule "best" before the parameter count does.
     """
     if rule not in RULES:
         raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
@@ -62,7 +72,13 @@ def one_se_choice(val, params, *, higher_is_better: bool, rule: str = "one_se"
     se = float(np.sqrt(np.mean(val.var(axis=1, ddof=1))) / np.sqrt(seeds)) \
         if seeds > 1 and rule == "one_se" else 0.0
     close = np.flatnonzero(score >= score.max() - se)
-    order = sorted(close, key=lambda i: (params[i], -score[i]))
+    if loss is not None and rule == "best":
+        loss = np.asarray(loss, float)
+        if loss.shape != score.shape:
+            raise ValueError(f"loss must have shape {score.shape}, got {loss.shape}")
+        order = sorted(close, key=lambda i: (loss[i], params[i]))
+    else:
+        order = sorted(close, key=lambda i: (params[i], -score[i]))
     return int(order[0]), se
 
 
@@ -73,25 +89,29 @@ def select(evaluator, space, candidates, *, keys, x_train, higher_is_better: boo
 
     ensemble: None, or (task, data) to score each candidate as the deep ensemble of its
     seeds (`task.ensemble` of their outputs, scored with `task.metric` on data.y_val /
-    data.y_test) and choose by the ensemble's validation metric (rule "best").
+    data.y_test) and choose by the ensemble's validation metric (rule "best"), exact
+    ties going to the ensemble's lower validation loss (`task.loss`), then to fewer
+    parameters.
     """
     choices = np.unique(np.asarray(candidates, np.int32), axis=0)
     scores = evaluator(choices, keys, outputs=ensemble is not None)
     params = np.asarray([space.num_params(c, x_train) for c in choices])
-    ens_val = ens_test = None
+    ens_val = ens_test = ens_loss = None
     if ensemble is not None:
         task, data = ensemble
         score = jax.vmap(lambda outs, y: task.metric(task.ensemble(outs), y), (0, None))
         ens_val, ens_test = (np.asarray(score(scores[f"{split}_out"], y), float)
                              for split, y in (("val", data.y_val), ("test", data.y_test)))
+        ens_loss = np.asarray(jax.vmap(lambda outs: task.loss(task.ensemble(outs), data.y_val))(
+            scores["val_out"]), float)
         best, tol = one_se_choice(ens_val[:, None], params, higher_is_better=higher_is_better,
-                                  rule="best")
+                                  rule="best", loss=ens_loss)
     else:
         best, tol = one_se_choice(scores["val_metric"], params,
                                   higher_is_better=higher_is_better, rule=rule)
     return Selection(choices, params, np.asarray(scores["val_metric"]),
                      np.asarray(scores["test_metric"]), best, tol, higher_is_better,
-                     ens_val, ens_test)
+                     ens_val, ens_test, ens_loss)
 
 
 def front_record(selection: Selection, space, candidates, labels: Sequence) -> dict:
@@ -109,10 +129,14 @@ def front_record(selection: Selection, space, candidates, labels: Sequence) -> d
                      "test_std": float(selection.test[i].std()),
                      **({} if selection.ensemble_val is None else {
                          "ensemble_val": float(selection.ensemble_val[i]),
-                         "ensemble_test": float(selection.ensemble_test[i])}),
+                         "ensemble_test": float(selection.ensemble_test[i]),
+                         "ensemble_val_loss": float(selection.ensemble_val_loss[i])}),
                      "proposed_by": runs, "chosen": i == selection.best})
     return {"rule": "best mean validation metric; candidates within `tolerance` of it are "
-                    "ties, which go to the fewest parameters",
+                    "ties, which go to the fewest parameters"
+                    + ("" if selection.ensemble_val is None else
+                       " (with the ensemble: exact ties go to the lower ensemble_val_loss, "
+                       "then to the fewest parameters)"),
             "tolerance": selection.tolerance, "higher_is_better": selection.higher_is_better,
             "candidates": rows}
 
