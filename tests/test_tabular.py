@@ -318,6 +318,19 @@ def test_ensemble_combines_probabilities_and_means():
                                    preds.mean(0), rtol=1e-12)
 
 
+class _FixedOutputs:
+    """An evaluator whose retrained candidates have the given outputs `outs` (N, S, m, C) on
+    both the validation and the test rows, labels `y`."""
+
+    def __init__(self, outs, y):
+        self.outs, self.y = outs, y
+
+    def __call__(self, choices, keys, outputs=False):
+        acc = (self.outs.argmax(-1) == self.y).mean(-1)
+        return {"val_metric": acc, "test_metric": acc, "val_out": self.outs,
+                "test_out": self.outs}
+
+
 def test_selection_by_the_ensemble_and_its_record():
     from structsel.search import selection
 
@@ -332,19 +345,14 @@ def test_selection_by_the_ensemble_and_its_record():
     # candidate 1: two copies of the 5/6 member: better alone, worse together
     outs = np.asarray([[member({1, 2}), member({3})], [member({3}), member({3})]], np.float32)
 
-    class Evaluator:
-        def __call__(self, choices, keys, outputs=False):
-            acc = (outs.argmax(-1) == y).mean(-1)
-            return {"val_metric": acc, "test_metric": acc, "val_out": outs, "test_out": outs}
-
     class Space:
         def num_params(self, choice, x):
             return int(10 + choice[0])
 
     choices = np.array([[0], [1]])
-    plain = selection.select(Evaluator(), Space(), choices, keys=None, x_train=None,
+    plain = selection.select(_FixedOutputs(outs, y), Space(), choices, keys=None, x_train=None,
                              higher_is_better=True)
-    ens = selection.select(Evaluator(), Space(), choices, keys=None, x_train=None,
+    ens = selection.select(_FixedOutputs(outs, y), Space(), choices, keys=None, x_train=None,
                            higher_is_better=True, ensemble=(Classification(2), data))
     np.testing.assert_allclose(plain.val.mean(1), [0.75, 5 / 6])
     assert plain.best == 1 and plain.ensemble_val is None
@@ -371,21 +379,16 @@ def test_ensemble_ties_go_to_the_lower_validation_loss():
     sure = np.array([[4.0, -4.0] if c == 0 else [-4.0, 4.0] for c in y])
     outs = np.asarray([[sure, sure], [0.1 * sure, 0.1 * sure]], np.float32)
 
-    class Evaluator:
-        def __call__(self, choices, keys, outputs=False):
-            acc = (outs.argmax(-1) == y).mean(-1)
-            return {"val_metric": acc, "test_metric": acc, "val_out": outs, "test_out": outs}
-
     class Space:
         def num_params(self, choice, x):
             return [100, 10][int(choice[0])]
 
     choices = np.array([[0], [1]])
-    ens = selection.select(Evaluator(), Space(), choices, keys=None, x_train=None,
+    ens = selection.select(_FixedOutputs(outs, y), Space(), choices, keys=None, x_train=None,
                            higher_is_better=True, ensemble=(Classification(2), data))
     np.testing.assert_allclose(ens.ensemble_val, [1.0, 1.0])
     assert ens.ensemble_val_loss[0] < ens.ensemble_val_loss[1] and ens.best == 0
-    plain = selection.select(Evaluator(), Space(), choices, keys=None, x_train=None,
+    plain = selection.select(_FixedOutputs(outs, y), Space(), choices, keys=None, x_train=None,
                              higher_is_better=True)
     assert plain.best == 1
     front = selection.front_record(ens, type("S", (), {"selected": lambda self, c: {}})(),
