@@ -242,8 +242,10 @@ def level_only(workdir: pathlib.Path, level: str) -> float | None:
     """Test metric the default would have returned with q(Gamma) at one structure `level`
     ("inner" / "outer") only: the two levels run as separate programs with the same keys and
     every candidate is retrained with the same keys, so this is the candidate of that level
-    with the best ensemble validation metric (ties to fewer parameters), or the linear model
-    when it does not beat the linear model on validation (the fallback rule)."""
+    with the best ensemble validation metric (ties as `selection.select` breaks them), or the
+    linear model when it does not beat the linear model on validation (the fallback rule)."""
+    from structsel.search.selection import one_se_choice
+
     front_path, summary_path = workdir / "front.json", workdir / "summary.json"
     if not (front_path.is_file() and summary_path.is_file()):
         return None
@@ -253,7 +255,10 @@ def level_only(workdir: pathlib.Path, level: str) -> float | None:
             and any(label.endswith(" " + level) for label in r["proposed_by"])]
     if not rows:
         return None
-    best = max(rows, key=lambda r: (sign * r["ensemble_val"], -r["params"]))
+    losses = [r.get("ensemble_val_loss") for r in rows]
+    best = rows[one_se_choice([[r["ensemble_val"]] for r in rows], [r["params"] for r in rows],
+                              higher_is_better=front["higher_is_better"], rule="best",
+                              loss=None if None in losses else losses)[0]]
     linear = summary["baselines"]["linear"]
     if not sign * best["ensemble_val"] > sign * linear["val_metric"]:
         return float(linear["test_metric"])

@@ -193,3 +193,31 @@ def test_bench_sweep_experiment_part(tmp_path):
     assert row["runs"] == 2 and row["steps"] == result["experiment_overrides"]["outer_steps"]
     assert row["vmapped_s"] > 0 and row["loop_s"] > 0
     assert math.isclose(row["ratio"], row["loop_s"] / row["vmapped_s"], rel_tol=1e-6)
+
+
+def test_table_benchmark_level_only_breaks_ties_as_the_search_does(tmp_path):
+    # one level's candidates tied on the ensemble's validation accuracy: the lower validation
+    # loss wins (as selection.select); a candidate not beating the linear model gives the
+    # linear model's test metric (the fallback)
+    sys.path.insert(0, str(SCRIPTS))
+    try:
+        table_benchmark = importlib.import_module("table_benchmark")
+    finally:
+        sys.path.remove(str(SCRIPTS))
+
+    def row(params, val, test, loss, level="outer"):
+        return {"params": params, "ensemble_val": val, "ensemble_test": test,
+                "ensemble_val_loss": loss, "proposed_by": [f"c=0.1 {level}"]}
+
+    def write(candidates, linear_val):
+        (tmp_path / "front.json").write_text(json.dumps(
+            {"higher_is_better": True, "candidates": candidates}))
+        (tmp_path / "summary.json").write_text(json.dumps(
+            {"baselines": {"linear": {"val_metric": linear_val, "test_metric": 0.5}}}))
+
+    write([row(10, 0.9, 0.7, 0.3), row(100, 0.9, 0.8, 0.2), row(5, 0.95, 0.6, 0.1, "inner")],
+          0.8)
+    assert table_benchmark.level_only(tmp_path, "outer") == 0.8
+    assert table_benchmark.level_only(tmp_path, "inner") == 0.6
+    write([row(10, 0.9, 0.7, 0.3), row(100, 0.9, 0.8, 0.2)], 0.9)
+    assert table_benchmark.level_only(tmp_path, "outer") == 0.5
