@@ -400,6 +400,8 @@ def test_ensemble_ties_go_to_the_lower_validation_loss():
 
 def test_tabular_budget_ensembles_and_the_flag_parses():
     assert runner.BUDGETS["tabular"].ensemble and not runner.BUDGETS["default"].ensemble
+    # dropout 0.1 on tables (docs/tables.md, session 19), never on the cell spaces
+    assert runner.BUDGETS["tabular"].dropout == 0.1 and runner.BUDGETS["default"].dropout == 0
     assert not runner.parse_budget("tabular,ensemble=0").ensemble
     assert runner.parse_budget("small,ensemble=true").ensemble
     with pytest.raises(ValueError, match="ensemble"):

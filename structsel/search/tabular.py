@@ -25,10 +25,10 @@ outputs) to three 256-wide blocks (+ 25k weights). The supernet computes every o
 every edge, so its cost per row, 3 x 2D (16 + 64 + 256 + 64) multiply-adds, is what the
 default search pays; the widest op alone is 64 % of it.
 
-Dropout (budget field `dropout`, 0 by default) acts on the hidden units of the residual
-blocks of the retrained model: the from-scratch training applies the ops with a PRNG key
-(`Family.apply_vertex(..., key=)`), evaluation without one. The search's supernet is
-never dropped out.
+Dropout (budget field `dropout`: 0.1 in the budget `tabular`, the default on tables, 0
+elsewhere) acts on the hidden units of the residual blocks of the retrained model: the
+from-scratch training applies the ops with a PRNG key (`Family.apply_vertex(..., key=)`),
+evaluation without one. The search's supernet is never dropped out.
 """
 from __future__ import annotations
 
