@@ -65,6 +65,30 @@ def test_mapped_vertex_training_equals_vmapped_supernet_training(space_name):
     assert np.unique(np.round(np.asarray(mapped["val_metric"][:, 0]), 4)).size > 2
 
 
+def test_padding_rows_marked_invalid_are_skipped_and_the_rest_unchanged():
+    """Oracle: the same choices mapped without `valid`. A structure marked valid runs the
+    same steps inside a lax.cond branch (same float32 math; 1e-6 relative allows XLA to
+    fuse the branch differently); a row marked invalid is zeros, not a trained model."""
+    space = spaces.build_space("mlp1", num_outputs=1, width=4)
+    data, task = _regression_splits(5), Regression(target_std=2.0)
+    config = TrainConfig(steps=6, learning_rate=3e-2, batch_size=16, eval_every=3)
+    choices = jnp.asarray(space.vertex(np.asarray(space.discrete.enumerate())[:4]))
+    keys = jax.random.split(jax.random.key(5), 2)
+    full = jax.jit(lambda s, k: enumeration.train_structures(
+        space.family, task, config, s, data, keys=k, outputs=True))(choices, keys)
+    valid = np.array([True, False, True, False])
+    part = jax.jit(lambda s, k, v: enumeration.train_structures(
+        space.family, task, config, s, data, keys=k, outputs=True, valid=v))(choices, keys, valid)
+    assert set(part) == set(full)
+    for name in full:
+        np.testing.assert_allclose(part[name][valid], full[name][valid], rtol=1e-6, atol=1e-7)
+        assert not np.any(np.asarray(part[name][~valid]))
+    assert np.all(np.asarray(full["train_loss"][~valid]) > 0)  # trained rows are not zeros
+    with pytest.raises(ValueError, match="valid applies to choices"):
+        enumeration.train_structures(space.family, task, config, space.gamma(
+            np.asarray(space.discrete.enumerate())[:2]), data, keys=keys, valid=valid[:2])
+
+
 def test_training_at_a_vertex_trains_the_discrete_model():
     """Oracle: the stand-alone discrete model (family.discrete_model) trained from the same
     initial weights with the same AdamW steps ends at the same outputs as the supernet at

@@ -298,7 +298,7 @@ def check_diverged(scores: dict, labels: Sequence, learning_rate: float) -> None
 
 
 def train_structures(family, task, config: TrainConfig, structures, data: Splits, *, keys,
-                     outputs: bool = False):
+                     outputs: bool = False, valid=None):
     """`train_structure` over a batch of vertices and `keys`; metrics (num_structures, num_seeds).
 
     `structures` is either Gamma with a leading batch axis on every leaf (the supernet at
@@ -307,13 +307,30 @@ def train_structures(family, task, config: TrainConfig, structures, data: Splits
     `Family.apply_vertex`: only the chosen op of each edge is computed, K_e times fewer
     FLOPs per edge where the ops cost alike). Seeds are vmapped in both. Same numbers up
     to float reassociation (tested).
+
+    `valid` (choices only): a bool array (num_structures,); a structure marked False is
+    not trained (`lax.cond` inside the map skips it) and its rows are zeros. A caller
+    that pads a batch to a fixed size to reuse one compiled program marks the padding
+    rows so, instead of training them for nothing.
     """
     def per_structure(structure):
         return jax.vmap(lambda k: train_structure(family, task, config, structure, data,
                                                   key=k, outputs=outputs))(keys)
     if isinstance(structures, (tuple, list)):
+        if valid is not None:
+            raise ValueError("valid applies to choices (lax.map over structures), not to "
+                             "a batch of Gammas")
         return jax.vmap(per_structure)(tuple(structures))
-    return jax.lax.map(per_structure, jnp.asarray(structures))
+    structures = jnp.asarray(structures)
+    if valid is None:
+        return jax.lax.map(per_structure, structures)
+    shapes = jax.eval_shape(per_structure, structures[0])
+
+    def skipped(_):
+        return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+    return jax.lax.map(lambda sv: jax.lax.cond(sv[1], per_structure, skipped, sv[0]),
+                       (structures, jnp.asarray(valid, bool)))
 
 
 # --- enumeration tables -------------------------------------------------------------------

@@ -391,13 +391,15 @@ def _compiled_trainer(family, task, config: TrainConfig, outputs: bool = False):
     """jit(train_structures) per (family, task, config, outputs), cached across runs. The
     data is an argument, not a closed-over constant: smaller programs, one compilation for
     all runs."""
-    return jax.jit(lambda structures, keys, data: train_structures(
-        family, task, config, structures, data, keys=keys, outputs=outputs))
+    return jax.jit(lambda structures, keys, data, valid: train_structures(
+        family, task, config, structures, data, keys=keys, outputs=outputs, valid=valid))
 
 
 class Evaluator:
     """Trains structures from scratch, structures one after the other (`lax.map`, only the
-    chosen op of each edge computed) x seeds vmapped, jitted per batch size.
+    chosen op of each edge computed) x seeds vmapped, jitted per batch size. A call's
+    structures are padded to the next power of two (at most the budget's `chunk`) so that
+    few programs are compiled; the padding rows are skipped, not trained (`valid`).
 
     `__call__(choices, keys)` returns {"val_metric", "test_metric", "train_loss"} as numpy
     arrays (num_structures, num_seeds); `count` is the number of (structure, seed) trainings.
@@ -424,7 +426,9 @@ class Evaluator:
         for s in starts:
             part = choices[s:s + size]
             padded = np.concatenate([part, np.repeat(part[-1:], size - len(part), 0)])
-            out = self._fn(outputs)(self.problem.space.vertex(padded), keys, self.problem.data)
+            valid = np.arange(size) < len(part)  # the padding rows are not trained
+            out = self._fn(outputs)(self.problem.space.vertex(padded), keys, self.problem.data,
+                                    valid)
             outs.append({k: np.asarray(v)[:len(part)] for k, v in out.items()})
         self.count += n * int(np.shape(keys)[0])
         scores = {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
