@@ -199,34 +199,38 @@ def synthetic_3000x60(out: pathlib.Path) -> pathlib.Path:
     return path
 
 
-def time_one(data: str, cache: str, workdir: str) -> None:
-    """(subprocess) one default search on `data` with the persistent cache `cache`."""
+def time_one(data: str, cache: str, workdir: str, budget: str | None = None) -> None:
+    """(subprocess) one default search on `data` with the persistent cache `cache`
+    (`budget`: an ablation of the default's budget)."""
     import jax
     jax.config.update("jax_compilation_cache_dir", cache)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     from structsel.search import runner
 
     start = time.perf_counter()
-    config = runner.search_config(data=data, workdir=workdir)
+    config = runner.search_config(data=data, workdir=workdir,
+                                  **({"budget": budget} if budget else {}))
     summary = runner.run_search(config, progress=False)
     print(json.dumps({"wall_time_s": time.perf_counter() - start, "space": summary["space"],
                       "budget": summary["budget"]["name"], "method": summary["method"],
                       "test": summary["test_metric"], "model": summary.get("model")}))
 
 
-def run_timing(out: pathlib.Path) -> dict:
+def run_timing(out: pathlib.Path, budget: str | None = None) -> dict:
     data = synthetic_3000x60(out)
     cache = tempfile.mkdtemp(prefix="structsel_timing_cache_")
     result = {}
     for label in ("cold", "warm"):
         start = time.perf_counter()
         proc = subprocess.run([sys.executable, __file__, "--time-one", str(data), "--cache", cache,
-                               "--workdir", str(out / "runs" / f"timing_{label}")],
+                               "--workdir", str(out / "runs" / f"timing_{label}")]
+                              + (["--budget", budget] if budget else []),
                               capture_output=True, text=True, check=True)
         inner = json.loads(proc.stdout.strip().splitlines()[-1])
         result[label] = {**inner, "process_s": time.perf_counter() - start}
         print(label, result[label], flush=True)
     result["conditions"] = machine_conditions()
+    result["budget_arg"] = budget
     (out / "timing_3000x60.json").write_text(json.dumps(result, indent=1) + "\n")
     return result
 
@@ -397,14 +401,14 @@ def main(argv=None) -> None:
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.time_one:
-        return time_one(args.time_one, args.cache, args.workdir)
+        return time_one(args.time_one, args.cache, args.workdir, args.budget)
     seeds = tuple(int(s) for s in args.seeds.split(","))
     if args.dataset:
         run_piece(args.dataset, out, seeds, args.method, budget=args.budget)
     if args.data:
         run_piece(args.data, out, seeds, args.method, target=args.target, budget=args.budget)
     if args.timing:
-        run_timing(out)
+        run_timing(out, args.budget)
     if args.report:
         run_report(out, pathlib.Path(args.docs) if args.docs else None)
 
