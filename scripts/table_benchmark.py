@@ -208,8 +208,7 @@ def time_one(data: str, cache: str, workdir: str, budget: str | None = None) -> 
     from structsel.search import runner
 
     start = time.perf_counter()
-    config = runner.search_config(data=data, workdir=workdir,
-                                  **({"budget": budget} if budget else {}))
+    config = runner.search_config(data=data, workdir=workdir, budget=budget)  # None: default
     summary = runner.run_search(config, progress=False)
     print(json.dumps({"wall_time_s": time.perf_counter() - start, "space": summary["space"],
                       "budget": summary["budget"]["name"], "method": summary["method"],
