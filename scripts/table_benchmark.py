@@ -162,6 +162,8 @@ def run_piece(name: str, out: pathlib.Path, seeds=SPLIT_SEEDS, method: str | Non
                "val": summary["val_metric"], "test": summary["test_metric"],
                "fallback": summary.get("fallback"), "warnings": summary.get("warnings"),
                "ensemble": summary.get("ensemble"),
+               "features": ({k: summary["features"][k] for k in ("proposed", "kept")}
+                            if summary.get("features") else None),
                "regret": summary.get("regret"), "rank": summary.get("rank"),
                "metric": summary["metric"], "n": int(len(ds.y_train) + len(ds.y_val)
                                                      + len(ds.y_test)),
@@ -268,6 +270,18 @@ def level_only(workdir: pathlib.Path, level: str) -> float | None:
     return float(best["ensemble_test"])
 
 
+def _kept_columns(row: dict, workdir: pathlib.Path) -> list | None:
+    """The columns a run's returned model reads when the feature screening kept a subset
+    (None: all columns, or a linear fallback); rows of pieces written before the field
+    existed read it from the run's summary.json."""
+    fs = row.get("features")
+    if fs is None and (workdir / "summary.json").is_file():
+        fs = json.loads((workdir / "summary.json").read_text()).get("features")
+    if not fs or fs.get("kept") in (None, "all") or row.get("model") == "linear":
+        return None
+    return list(fs["kept"])
+
+
 def summarise(piece: dict, out: pathlib.Path = OUT) -> dict:
     rows = piece["rows"]
     cls = rows[0]["task"] == "classification"
@@ -294,6 +308,11 @@ def summarise(piece: dict, out: pathlib.Path = OUT) -> dict:
     res["selected"] = [",".join(r["selected"].values()) if isinstance(r["selected"], dict)
                        else str(r["selected"]) for r in rows]
     res["fallbacks"] = sum(r.get("model") == "linear" for r in rows)
+    kept = [_kept_columns(r, out / "runs" / f"{piece['dataset']}_{r['split_seed']}")
+            for r in rows]
+    res["screened"] = sum(k is not None for k in kept)  # runs returning a column subset
+    res["selected"] = [s + (f" (columns {','.join(map(str, k))})" if k is not None else "")
+                       for s, k in zip(res["selected"], kept)]
     if all(r.get("ensemble") for r in rows):  # the single models inside the ensembles
         res["single"] = _ms([r["ensemble"]["test_metric_single"] for r in rows], scale)
     for level in ("inner", "outer"):
@@ -314,8 +333,8 @@ def result_rows(results: list[dict]) -> list[str]:
     """The markdown table of `summarise` results against scikit-learn."""
     f = _f
     lines = ["| dataset | n x d | metric | structsel | linear | MLP(64) | HistGB | gap to best | "
-             "goal | below linear? | linear fallbacks | wall s (cold / warm) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "goal | below linear? | linear fallbacks | column subsets | wall s (cold / warm) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         gap = f"{r['gap']:+.2f} pt" if r["task"] == "classification" else f"{r['gap']:+.1f} %"
         warm = f"{r['wall_warm_s']:.0f}" if r["wall_warm_s"] is not None else "-"
@@ -323,6 +342,7 @@ def result_rows(results: list[dict]) -> list[str]:
                      f"{f(r['structsel'])} | {f(r['linear'])} | {f(r['mlp64'])} | {f(r['hgb'])} | "
                      f"{gap} ({r['best_sklearn']}) | {'met' if r['within_goal'] else 'NOT met'} | "
                      f"{'yes' if r['below_linear'] else 'no'} | {r['fallbacks']}/{r['seeds']} | "
+                     f"{r.get('screened', 0)}/{r['seeds']} | "
                      f"{r['wall_cold_s']:.0f} / {warm} |")
     return lines
 

@@ -48,6 +48,7 @@ import numpy as np
 import optax
 
 from structsel import bilevel, loop, objective, structure
+from structsel.search import features
 from structsel.search.random_search import random_search
 
 
@@ -287,6 +288,11 @@ class GradientSearch:
                  "divergence_of_run": _divergence_of_runs(history)}
         if self.path:
             extra["kl_weight_of_run"] = [float(c) for c in self.path] * restarts
+        if space.layout == "vector":  # tables: how much each column is read (`features`)
+            r = features.relevance(space.family, obj.mean_weights(states.params),
+                                   int(problem.data.x_train.shape[-1]))
+            if r is not None:
+                extra["input_relevance"] = [float(v) for v in r]
         return Outcome(choices, gamma, gamma_history, equivalent, rows,
                        relaxation or self.relaxation, extra)
 
@@ -335,6 +341,10 @@ def _concatenate(outcomes, levels) -> Outcome:
     for k in ("final_outer_loss", "restart_of_run", "kl_weight_of_run", "divergence_of_run"):
         if k in first.extra:
             extra[k] = sum((list(o.extra[k]) for o in outcomes), [])
+    if all("input_relevance" in o.extra for o in outcomes):  # runs-weighted mean
+        runs = np.array([len(o.choices) for o in outcomes], np.float64)
+        r = np.array([o.extra["input_relevance"] for o in outcomes])
+        extra["input_relevance"] = [float(v) for v in (runs @ r) / runs.sum()]
     rows = [{k: float(np.mean([o.history[t][k] for o in outcomes])) for k in first.history[t]}
             for t in range(len(first.history))]
     return Outcome(cat([o.choices for o in outcomes]), cat([o.gamma for o in outcomes]),

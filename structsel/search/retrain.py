@@ -122,6 +122,22 @@ def path_num_params(sub: Family, x) -> int:
                                       sub.validate(x[:1])[-1].shape[-1])
 
 
+def select_columns(splits: enumeration.Splits, record: dict) -> enumeration.Splits:
+    """The splits restricted to the columns the structure reads (`features` of
+    structure.json, written when the search's feature screening kept a subset); all
+    columns when it has none. ValueError when the data has another number of columns."""
+    cols = record.get("features")
+    if cols is None:
+        return splits
+    d = int(splits.x_train.shape[-1])
+    if record.get("num_features") not in (None, d) or max(cols) >= d:
+        raise ValueError(f"the structure reads columns {cols} of {record.get('num_features')} "
+                         f"feature columns, the data has {d}")
+    cols = np.asarray(cols)
+    return splits._replace(**{k: getattr(splits, k)[..., cols]
+                              for k in ("x_train", "x_val", "x_test")})
+
+
 def run_retrain(*, structure, data=None, target=None, task=None, dataset=None, seed=0,
                 split_seed=None, seeds=3, budget=None, workdir=None,
                 progress=False) -> dict:
@@ -152,7 +168,7 @@ def run_retrain(*, structure, data=None, target=None, task=None, dataset=None, s
         base.update(val_metric_std=0.0, test_metric_std=0.0)
     else:
         space, sub = rebuild(record, num_outputs=t.num_outputs)
-        splits = enumeration.splits_of(ds, space.prepare)
+        splits = select_columns(enumeration.splits_of(ds, space.prepare), record)
         keys = jax.random.split(runner.prng_key(seed), seeds)
         scores = train_discrete(sub, t, b.train, splits, keys=keys, outputs=b.ensemble)
         enumeration.check_diverged({k: v[None] for k, v in scores.items()},
@@ -180,6 +196,7 @@ def run_retrain(*, structure, data=None, target=None, task=None, dataset=None, s
                                        "test_metric_std")},
                **({"ensemble": base["ensemble"]} if "ensemble" in base else {}),
                "seeds": 1 if linear else seeds, "split": ds.split,
+               **({"features": record["features"]} if record.get("features") else {}),
                "wall_time_s": time.perf_counter() - start, "workdir": str(run.workdir)}
     if ds.classes is not None:
         summary["classes"] = list(ds.classes)

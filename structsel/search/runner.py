@@ -26,7 +26,7 @@ from structsel import data as data_lib
 from structsel import devices as devices_lib
 from structsel import runs as runs_lib
 from structsel.runs import Run
-from structsel.search import enumeration, references, spaces
+from structsel.search import enumeration, features, references, spaces
 from structsel.search.enumeration import TrainConfig, train_structures
 
 
@@ -74,6 +74,10 @@ class Budget:
     # the returned model is the deep ensemble of the retrain_seeds models (their averaged
     # class probabilities / predictions), selected by the ensemble's validation metric
     ensemble: bool = False
+    # tables: retrain the selected structure on the columns that the search's input
+    # relevances set clearly apart (`structsel.search.features`), kept when better on
+    # validation
+    feature_screening: bool = False
     chunk: int = 32              # structures per call of the jitted evaluator
     mnist1d_samples: int = 4000  # size of the generated mnist1d set
     # restarts of a gradient search: one vmapped program, or lax.map (one after the other);
@@ -151,7 +155,7 @@ BUDGETS = {
     "tabular": Budget("tabular", width=16, train_steps=1500, learning_rate=3e-3,
                       batch_size=128, weight_decay=1e-2, schedule="cosine", warmup_steps=75,
                       eval_every=50, search_steps=100, inner_steps=5, search_batch_size=512,
-                      retrain_width=64, dropout=0.1, ensemble=True),
+                      retrain_width=64, dropout=0.1, ensemble=True, feature_screening=True),
 }
 
 
@@ -454,8 +458,8 @@ def format_summary(summary: dict) -> str:
     """The final table printed by `structsel search`: the selection, what is returned (the
     linear model after a fallback), regret / rank against the table (flagged when not like
     for like), and the baselines fitted on the same split."""
-    keys = ["dataset", "space", "method", "seed", "split", "selected", "model", "params",
-            "val_metric", "test_metric", "regret", "rank", "table_matches_budget",
+    keys = ["dataset", "space", "method", "seed", "split", "selected", "model", "features",
+            "params", "val_metric", "test_metric", "regret", "rank", "table_matches_budget",
             "table_matches_split", "num_evaluations", "wall_time_s", "workdir"]
     values = dict(summary)
     if isinstance(summary.get("split"), dict):
@@ -471,6 +475,13 @@ def format_summary(summary: dict) -> str:
                            f"models: val {en['val_metric_single']:.4g}, test "
                            f"{en['test_metric_single']:.4g} +- {en['test_metric_single_std']:.2g})")
         values["params"] = f"{summary['params']} per model, {en['params_total']} in all"
+    fs = summary.get("features")
+    if fs:
+        n = len(fs["relevance"])
+        values["features"] = (
+            f"all {n} columns (no clearly separated group)" if fs["proposed"] is None else
+            f"all {n} columns (proposed {fs['proposed']}: not better on validation)"
+            if fs["kept"] == "all" else f"{len(fs['kept'])} of {n} columns: {fs['kept']}")
     if "regret" in summary:
         notes = ([] if not summary.get("fallback") else ["of the selection"]) + (
             [] if summary.get("table_like_for_like", True) else ["not like for like"])
@@ -656,6 +667,8 @@ def _search_and_write(run, config, ds, problem, method, progress, start, *, outc
         summary = _retrain_selected(final, evaluator if final is problem else Evaluator(
             final, progress=progress), outcome, run, config, k_retrain, base,
             search_space=problem.space)
+        summary = _screen_features(final, outcome, run, config, k_retrain, summary,
+                                   progress=progress)
     # Compare with the constant and linear references (and HistGradientBoosting) on the
     # same split; return the linear model when the selection does not beat it.
     summary, decision = references.review(
@@ -799,6 +812,60 @@ def _retrain_selected(problem, evaluator, outcome, run, config, key, base, *,
     if outcome.gamma_history is not None:
         spaces.plot_gamma_history(search_space, np.asarray(outcome.gamma_history[runs[0]]),
                                  run.path("gamma.png"))
+    return summary
+
+
+def _screen_features(problem, outcome, run, config, key, summary, *, progress) -> dict:
+    """Budget `feature_screening` (tables): when the search's input relevances propose a
+    clearly separated group of columns (`features.propose`), retrains the selected
+    structure on those columns alone (the same seeds) and keeps it when its validation
+    metric is better (the deep ensemble's when the budget ensembles; an exact tie goes to
+    the lower ensemble validation loss, else to all columns). Records `features` in the
+    summary and, when kept, the columns in structure.json (`retrain` reads them)."""
+    from structsel.search import selection as sel
+
+    r = outcome.extra.get("input_relevance")
+    if not config.budget.feature_screening or r is None:
+        return summary
+    kept = features.propose(r)
+    record = {"relevance": r, "separation": features.SEPARATION,
+              "proposed": None if kept is None else [int(j) for j in kept], "kept": "all"}
+    if kept is None:
+        summary["features"] = {**record, "reason": "no clearly separated group of columns"}
+        return summary
+    data = problem.data
+    sub = data._replace(**{k: getattr(data, k)[:, kept] for k in ("x_train", "x_val", "x_test")})
+    task, b = problem.task, config.budget
+    chosen = sel.select(Evaluator(problem._replace(data=sub), progress=progress), problem.space,
+                        np.asarray(summary["choice"], np.int32)[None],
+                        keys=jax.random.split(key, b.retrain_seeds),
+                        x_train=np.asarray(sub.x_train),
+                        higher_is_better=task.higher_is_better,
+                        ensemble=(task, sub) if b.ensemble else None)
+    scores = {"val_metric": float(chosen.val[0].mean()), "test_metric": float(chosen.test[0].mean()),
+              "test_metric_std": float(chosen.test[0].std()), "params": int(chosen.params[0]),
+              **_ensemble_record(chosen, 0)}
+    sign = 1.0 if task.higher_is_better else -1.0
+    gain = sign * (scores["val_metric"] - summary["val_metric"])
+    loss_sub = scores.get("ensemble", {}).get("val_loss")
+    loss_all = summary.get("ensemble", {}).get("val_loss")
+    better = gain > 0 or (gain == 0 and loss_sub is not None and loss_all is not None
+                          and loss_sub < loss_all)
+    record["subset"] = {k: scores[k] for k in ("val_metric", "test_metric", "params")}
+    if "ensemble" in scores:
+        record["subset"]["val_loss"] = scores["ensemble"]["val_loss"]
+    record["all"] = {"val_metric": summary["val_metric"], "test_metric": summary["test_metric"],
+                     "params": summary["params"], "val_loss": loss_all}
+    if not better:
+        summary["features"] = {**record, "reason": "the proposed columns were not better on "
+                                                   "validation"}
+        return summary
+    record.update(kept=record["proposed"],
+                  reason=f"{len(kept)} of {len(r)} columns: better on validation")
+    summary = {**summary, **scores, "features": record}
+    structure = json.loads(run.path("structure.json").read_text())
+    run.write_json("structure.json", {**structure, "features": record["kept"],
+                                      "num_features": len(r)})
     return summary
 
 
