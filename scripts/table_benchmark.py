@@ -248,7 +248,9 @@ def level_only(workdir: pathlib.Path, level: str) -> float | None:
     ("inner" / "outer") only: the two levels run as separate programs with the same keys and
     every candidate is retrained with the same keys, so this is the candidate of that level
     with the best ensemble validation metric (ties as `selection.select` breaks them), or the
-    linear model when it does not beat the linear model on validation (the fallback rule)."""
+    linear model when it does not beat the linear model on validation (the fallback rule).
+    The feature screening after the selection is not replayed: a level's candidate is
+    scored on all columns."""
     from structsel.search.selection import one_se_choice
 
     front_path, summary_path = workdir / "front.json", workdir / "summary.json"

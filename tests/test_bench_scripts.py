@@ -221,3 +221,20 @@ def test_table_benchmark_level_only_breaks_ties_as_the_search_does(tmp_path):
     assert table_benchmark.level_only(tmp_path, "inner") == 0.6
     write([row(10, 0.9, 0.7, 0.3), row(100, 0.9, 0.8, 0.2)], 0.9)
     assert table_benchmark.level_only(tmp_path, "outer") == 0.5
+
+
+def test_table_benchmark_counts_the_runs_that_return_a_column_subset(tmp_path):
+    sys.path.insert(0, str(SCRIPTS))
+    try:
+        table_benchmark = importlib.import_module("table_benchmark")
+    finally:
+        sys.path.remove(str(SCRIPTS))
+    kept = table_benchmark._kept_columns
+    assert kept({"features": {"proposed": [0, 1], "kept": [0, 1]}}, tmp_path) == [0, 1]
+    assert kept({"features": {"proposed": [0, 1], "kept": "all"}}, tmp_path) is None
+    # a linear fallback reads every column, whatever the screening kept for the selection
+    assert kept({"features": {"proposed": [2], "kept": [2]}, "model": "linear"}, tmp_path) is None
+    # a row written before the field existed: the run's summary.json says
+    assert kept({}, tmp_path) is None
+    (tmp_path / "summary.json").write_text(json.dumps({"features": {"kept": [3, 5]}}))
+    assert kept({}, tmp_path) == [3, 5]

@@ -126,3 +126,8 @@ def test_screening_is_off_outside_tables_and_records_why_nothing_was_retrained()
     assert fs["proposed"] is None and fs["kept"] == "all" and "no clearly separated" in fs["reason"]
     text = runner.format_summary({"dataset": "t", "features": fs})
     assert "all 3 columns (no clearly separated group)" in text
+    kept = {**fs, "proposed": [0], "kept": [0]}
+    assert "1 of 3 columns: [0]" in runner.format_summary({"features": kept})
+    fallback = {"selected_val": 0.5, "selected_test": 0.5, "selected_params": 10}
+    text = runner.format_summary({"features": kept, "fallback": fallback})
+    assert "the returned linear model reads all" in text

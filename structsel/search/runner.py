@@ -482,6 +482,8 @@ def format_summary(summary: dict) -> str:
             f"all {n} columns (no clearly separated group)" if fs["proposed"] is None else
             f"all {n} columns (proposed {fs['proposed']}: not better on validation)"
             if fs["kept"] == "all" else f"{len(fs['kept'])} of {n} columns: {fs['kept']}")
+        if summary.get("fallback") and fs["kept"] != "all":
+            values["features"] += " (the selection's; the returned linear model reads all)"
     if "regret" in summary:
         notes = ([] if not summary.get("fallback") else ["of the selection"]) + (
             [] if summary.get("table_like_for_like", True) else ["not like for like"])
