@@ -92,7 +92,7 @@ def test_search_screens_the_columns_and_retrain_reads_them(tmp_path, monkeypatch
     fs = summary["features"]
     assert len(fs["relevance"]) == 12 and fs["proposed"] == [0, 1]
     assert fs["kept"] == [0, 1] and fs["subset"]["val_metric"] > fs["all"]["val_metric"]
-    assert summary["val_metric"] == fs["subset"]["val_metric"]
+    assert summary["val_metric"] == fs["subset"]["val_metric"] and fs["time_s"] > 0
     assert summary["test_metric"] == fs["subset"]["test_metric"]
     structure = json.loads((workdir / "structure.json").read_text())
     # params on 2 columns: 10 noise columns x (stem width 4 + the skip's outputs) fewer

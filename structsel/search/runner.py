@@ -820,10 +820,13 @@ def _retrain_selected(problem, evaluator, outcome, run, config, key, base, *,
 def _screen_features(problem, outcome, run, config, key, summary, *, progress) -> dict:
     """Budget `feature_screening` (tables): when the search's input relevances propose a
     clearly separated group of columns (`features.propose`), retrains the selected
-    structure on those columns alone (the same seeds) and keeps it when its validation
+    structure on those columns alone and keeps it when its validation
     metric is better (the deep ensemble's when the budget ensembles; an exact tie goes to
     the lower ensemble validation loss, else to all columns). Records `features` in the
-    summary and, when kept, the columns in structure.json (`retrain` reads them)."""
+    summary and, when kept, the columns in structure.json (`retrain` reads them).
+
+    `key` is the candidates' retraining key on purpose: a paired comparison, the subset's
+    models see the same minibatch rows and dropout masks as the all-column ones."""
     from structsel.search import selection as sel
 
     r = outcome.extra.get("input_relevance")
@@ -835,8 +838,10 @@ def _screen_features(problem, outcome, run, config, key, summary, *, progress) -
     if kept is None:
         summary["features"] = {**record, "reason": "no clearly separated group of columns"}
         return summary
+    start = time.perf_counter()
     data = problem.data
-    sub = data._replace(**{k: getattr(data, k)[:, kept] for k in ("x_train", "x_val", "x_test")})
+    sub = data._replace(**{k: getattr(data, k)[:, kept]
+                           for k in ("x_train", "x_val", "x_test")})
     task, b = problem.task, config.budget
     chosen = sel.select(Evaluator(problem._replace(data=sub), progress=progress), problem.space,
                         np.asarray(summary["choice"], np.int32)[None],
@@ -844,7 +849,8 @@ def _screen_features(problem, outcome, run, config, key, summary, *, progress) -
                         x_train=np.asarray(sub.x_train),
                         higher_is_better=task.higher_is_better,
                         ensemble=(task, sub) if b.ensemble else None)
-    scores = {"val_metric": float(chosen.val[0].mean()), "test_metric": float(chosen.test[0].mean()),
+    scores = {"val_metric": float(chosen.val[0].mean()),
+              "test_metric": float(chosen.test[0].mean()),
               "test_metric_std": float(chosen.test[0].std()), "params": int(chosen.params[0]),
               **_ensemble_record(chosen, 0)}
     sign = 1.0 if task.higher_is_better else -1.0
@@ -858,6 +864,7 @@ def _screen_features(problem, outcome, run, config, key, summary, *, progress) -
         record["subset"]["val_loss"] = scores["ensemble"]["val_loss"]
     record["all"] = {"val_metric": summary["val_metric"], "test_metric": summary["test_metric"],
                      "params": summary["params"], "val_loss": loss_all}
+    record["time_s"] = time.perf_counter() - start  # the subset's retraining
     if not better:
         summary["features"] = {**record, "reason": "the proposed columns were not better on "
                                                    "validation"}
