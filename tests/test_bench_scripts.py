@@ -195,15 +195,20 @@ def test_bench_sweep_experiment_part(tmp_path):
     assert math.isclose(row["ratio"], row["loop_s"] / row["vmapped_s"], rel_tol=1e-6)
 
 
+def _table_benchmark():
+    """scripts/table_benchmark.py imported as a module."""
+    sys.path.insert(0, str(SCRIPTS))
+    try:
+        return importlib.import_module("table_benchmark")
+    finally:
+        sys.path.remove(str(SCRIPTS))
+
+
 def test_table_benchmark_level_only_breaks_ties_as_the_search_does(tmp_path):
     # one level's candidates tied on the ensemble's validation accuracy: the lower validation
     # loss wins (as selection.select); a candidate not beating the linear model gives the
     # linear model's test metric (the fallback)
-    sys.path.insert(0, str(SCRIPTS))
-    try:
-        table_benchmark = importlib.import_module("table_benchmark")
-    finally:
-        sys.path.remove(str(SCRIPTS))
+    table_benchmark = _table_benchmark()
 
     def row(params, val, test, loss, level="outer"):
         return {"params": params, "ensemble_val": val, "ensemble_test": test,
@@ -224,11 +229,7 @@ def test_table_benchmark_level_only_breaks_ties_as_the_search_does(tmp_path):
 
 
 def test_table_benchmark_counts_the_runs_that_return_a_column_subset(tmp_path):
-    sys.path.insert(0, str(SCRIPTS))
-    try:
-        table_benchmark = importlib.import_module("table_benchmark")
-    finally:
-        sys.path.remove(str(SCRIPTS))
+    table_benchmark = _table_benchmark()
     kept = table_benchmark._kept_columns
     assert kept({"features": {"proposed": [0, 1], "kept": [0, 1]}}, tmp_path) == [0, 1]
     assert kept({"features": {"proposed": [0, 1], "kept": "all"}}, tmp_path) is None

@@ -73,6 +73,14 @@ def otsu_split(values) -> int:
     return best_k
 
 
+def take_columns(splits, columns):
+    """`splits` (an `enumeration.Splits`) with x_train / x_val / x_test restricted to
+    `columns` (indices of the last axis)."""
+    cols = np.asarray(columns)
+    return splits._replace(**{k: getattr(splits, k)[..., cols]
+                              for k in ("x_train", "x_val", "x_test")})
+
+
 def propose(r, separation: float = SEPARATION) -> np.ndarray | None:
     """Sorted indices of the columns to keep, or None (keep all): Otsu's split of log r,
     proposed when min(kept r) >= `separation` x max(dropped r)."""

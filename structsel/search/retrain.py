@@ -24,7 +24,7 @@ import numpy as np
 
 from structsel.family import Family, discrete_model
 from structsel.runs import Run
-from structsel.search import enumeration, references, runner, spaces
+from structsel.search import enumeration, features, references, runner, spaces
 
 
 def read_structure(path: str | pathlib.Path) -> dict:
@@ -133,9 +133,7 @@ def select_columns(splits: enumeration.Splits, record: dict) -> enumeration.Spli
     if record.get("num_features") not in (None, d) or max(cols) >= d:
         raise ValueError(f"the structure reads columns {cols} of {record.get('num_features')} "
                          f"feature columns, the data has {d}")
-    cols = np.asarray(cols)
-    return splits._replace(**{k: getattr(splits, k)[..., cols]
-                              for k in ("x_train", "x_val", "x_test")})
+    return features.take_columns(splits, cols)
 
 
 def run_retrain(*, structure, data=None, target=None, task=None, dataset=None, seed=0,

@@ -839,9 +839,7 @@ def _screen_features(problem, outcome, run, config, key, summary, *, progress) -
         summary["features"] = {**record, "reason": "no clearly separated group of columns"}
         return summary
     start = time.perf_counter()
-    data = problem.data
-    sub = data._replace(**{k: getattr(data, k)[:, kept]
-                           for k in ("x_train", "x_val", "x_test")})
+    sub = features.take_columns(problem.data, kept)
     task, b = problem.task, config.budget
     chosen = sel.select(Evaluator(problem._replace(data=sub), progress=progress), problem.space,
                         np.asarray(summary["choice"], np.int32)[None],
