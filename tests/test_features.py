@@ -46,7 +46,7 @@ def test_otsu_split_minimises_the_within_group_variance():
         features.otsu_split([1.0])
 
 
-def test_propose_keeps_a_clearly_separated_group_only():
+def test_propose_returns_otsus_upper_group_when_it_is_apart():
     # the relevances measured on circles + 6 noise columns and synth_interaction (2 and 4
     # informative columns) against wine's gradual ones (docs/tables.md, session 21)
     circles = [1.73, 1.84, 0.70, 0.78, 0.92, 0.74, 0.85, 0.96]
@@ -54,11 +54,20 @@ def test_propose_keeps_a_clearly_separated_group_only():
     inter = [1.73, 1.67, 1.0, 0.87] + [0.41, 0.43, 0.53, 0.44, 0.45, 0.44, 0.38, 0.42, 0.45,
                                        0.49, 0.36, 0.46, 0.36, 0.45, 0.39, 0.5]
     np.testing.assert_array_equal(features.propose(inter), [0, 1, 2, 3])
+    # wine's gradual relevances: at the default separation 1 Otsu's upper group (the six
+    # columns with r >= 1.0 against <= 0.9: 1.11 apart) is proposed, validation decides;
+    # session 21's 1.5 proposed nothing
     wine = [1.01, 0.76, 0.73, 0.9, 0.79, 0.69, 1.0, 0.77, 0.83, 1.28, 1.01, 1.01, 1.35]
-    assert features.propose(wine) is None
-    # the separation is the smallest kept over the largest dropped: 1.5 passes, 1.49 not
-    np.testing.assert_array_equal(features.propose([3.0, 1.0, 2.0, 1.0]), [0, 2])
+    np.testing.assert_array_equal(features.propose(wine), [0, 6, 9, 10, 11, 12])
+    assert features.propose(wine, separation=1.5) is None
+    assert features.SEPARATION == 1.0
+    # the separation is the smallest kept over the largest dropped: 2 passes, 2.01 not
+    np.testing.assert_array_equal(features.propose([3.0, 1.0, 2.0, 1.0], separation=2.0),
+                                  [0, 2])
     assert features.propose([3.0, 1.0, 2.0, 1.0], separation=2.01) is None
+    # relevances tied across Otsu's split propose nothing (nothing is above the rest)
+    assert features.propose([1.0, 1.0, 1.0]) is None
+    np.testing.assert_array_equal(features.propose([2.0, 1.0, 1.0]), [0])
     for bad in ([1.0], [1.0, np.nan], [1.0, 0.0], [[1.0, 2.0]]):
         assert features.propose(bad) is None
     with pytest.raises(ValueError, match="separation must be a number >= 1"):
@@ -116,13 +125,13 @@ def test_screening_is_off_outside_tables_and_records_why_nothing_was_retrained()
     assert runner.parse_budget("tabular").feature_screening
     assert not runner.parse_budget("default").feature_screening
     assert not runner.parse_budget("tabular,feature_screening=0").feature_screening
-    outcome = SimpleNamespace(extra={"input_relevance": [1.0, 1.1, 0.9]})
+    outcome = SimpleNamespace(extra={"input_relevance": [1.0, 1.0, 1.0]})
     call = lambda budget, out=outcome: runner._screen_features(  # noqa: E731
         None, out, None, SimpleNamespace(budget=runner.parse_budget(budget)), None,
         {"val_metric": 0.5}, progress=False)
     assert call("tabular,feature_screening=0") == {"val_metric": 0.5}
     assert call("tabular", SimpleNamespace(extra={})) == {"val_metric": 0.5}  # no relevance
-    fs = call("tabular")["features"]  # gradual relevances: nothing proposed, nothing trained
+    fs = call("tabular")["features"]  # tied relevances: nothing proposed, nothing trained
     assert fs["proposed"] is None and fs["kept"] == "all" and "no clearly separated" in fs["reason"]
     text = runner.format_summary({"dataset": "t", "features": fs})
     assert "all 3 columns (no clearly separated group)" in text

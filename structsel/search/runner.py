@@ -819,7 +819,7 @@ def _retrain_selected(problem, evaluator, outcome, run, config, key, base, *,
 
 def _screen_features(problem, outcome, run, config, key, summary, *, progress) -> dict:
     """Budget `feature_screening` (tables): when the search's input relevances propose a
-    clearly separated group of columns (`features.propose`), retrains the selected
+    group of columns (`features.propose`: Otsu's upper group), retrains the selected
     structure on those columns alone and keeps it when its validation
     metric is better (the deep ensemble's when the budget ensembles; an exact tie goes to
     the lower ensemble validation loss, else to all columns). Records `features` in the
