@@ -20,8 +20,8 @@ upper group is proposed whenever its smallest relevance is above the largest of 
 group (always, unless relevances tie across the split) and at least `SEPARATION` times it.
 A proposal is a candidate, not a decision: the driver retrains the selected structure on
 the proposed columns and keeps it only when its validation metric is better (`runner`), as
-it compares the other candidates. `SEPARATION` is 1 since session 22: the 1.5 of session 21
-kept proposals that validation then kept from being tried (a 40-column make_classification
+it compares the other candidates. `SEPARATION` is 1 since session 22: session 21's 1.5
+never tried groups that validation accepts once tried (a 40-column make_classification
 with 12 informative columns, moons + 10 noise columns, friedman1 + 15 noise columns, the
 mnist1d steps: separations 1.04-1.42), and validation rejects the wrong ones
 (docs/tables.md, session 22).
