@@ -21,6 +21,7 @@ import os
 import pathlib
 import sys
 
+from structsel import devices as devices_lib
 from structsel.bilevel import DivergenceError
 from structsel.data import TASKS, DataError
 from structsel.runs import RunWriteError
@@ -250,6 +251,7 @@ def _check_output_paths(args) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `structsel` console script; returns the exit code."""
     args = build_parser().parse_args(argv)
+    devices_lib.use_cpu_cores()  # a CPU host: one device per core, runs side by side
     _compilation_cache()
     try:
         _check_output_paths(args)

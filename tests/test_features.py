@@ -128,7 +128,7 @@ def test_screening_is_off_outside_tables_and_records_why_nothing_was_retrained()
     outcome = SimpleNamespace(extra={"input_relevance": [1.0, 1.0, 1.0]})
     call = lambda budget, out=outcome: runner._screen_features(  # noqa: E731
         None, out, None, SimpleNamespace(budget=runner.parse_budget(budget)), None,
-        {"val_metric": 0.5}, progress=False)
+        {"val_metric": 0.5}, evaluator=None)
     assert call("tabular,feature_screening=0") == {"val_metric": 0.5}
     assert call("tabular", SimpleNamespace(extra={})) == {"val_metric": 0.5}  # no relevance
     fs = call("tabular")["features"]  # tied relevances: nothing proposed, nothing trained
@@ -140,3 +140,69 @@ def test_screening_is_off_outside_tables_and_records_why_nothing_was_retrained()
     fallback = {"selected_val": 0.5, "selected_test": 0.5, "selected_params": 10}
     text = runner.format_summary({"features": kept, "fallback": fallback})
     assert "the returned linear model reads all" in text
+
+
+def test_masked_columns_train_the_model_of_those_columns_in_all_columns_shapes():
+    # `Evaluator(columns=)` trains a subset of the columns with the program of all of them:
+    # the data's dropped columns are 0 (`mask_columns`), the input kernels' kept rows are
+    # scaled to fan-in k and the dropped rows are 0 (`fan_in_rescale`).
+    space = tabular.tabular_space(num_outputs=3, width=4)
+    fam, d, kept = space.family, 6, np.array([1, 4])
+    w = fam.init(jax.random.key(0), jnp.zeros((1, d)))
+    mask = features.column_mask(kept, d)
+    np.testing.assert_array_equal(mask, [0, 1, 0, 0, 1, 0])
+    # a mask of ones changes nothing, bit for bit (the factor is exactly 1.0)
+    same = features.fan_in_rescale(fam, w, features.column_mask(range(d), d))
+    for a, b in zip(jax.tree.leaves(same), jax.tree.leaves(w)):
+        np.testing.assert_array_equal(a, b)
+    scaled = features.fan_in_rescale(fam, w, mask)
+    inputs = [e for e, edge in enumerate(fam.edges) if edge.src == 0]
+    for e in inputs:  # closed form: kept rows x sqrt(d / k), dropped rows 0
+        k0, k1 = (np.asarray(x[e][0]["dense"]["kernel"]) for x in (w, scaled))
+        np.testing.assert_allclose(k1, k0 * (mask * np.sqrt(d / 2))[:, None], rtol=1e-6)
+    for e in set(range(len(fam.edges))) - set(inputs):  # the other edges are untouched
+        for a, b in zip(jax.tree.leaves(scaled[e]), jax.tree.leaves(w[e])):
+            np.testing.assert_array_equal(a, b)
+    # oracle: on masked data it is the 2-column model whose input kernels are the kept rows
+    x = jax.random.normal(jax.random.key(1), (5, d))
+    small = jax.tree.map(lambda a: a, scaled)
+    small = tuple(tuple(jax.tree_util.tree_map_with_path(
+        lambda p, a: a[kept] if str(getattr(p[-1], "key", "")) == "kernel" else a, op)
+        for op in ops) if e in inputs else ops for e, ops in enumerate(small))
+    choice = np.zeros(fam.num_edges, np.int32)
+    np.testing.assert_allclose(fam.apply_vertex(scaled, choice, x * mask),
+                               fam.apply_vertex(small, choice, x[:, kept]), rtol=1e-5,
+                               atol=1e-6)  # float32 sums over 6 vs 2 terms (4 of them 0)
+
+
+def test_a_subset_of_columns_reuses_the_all_column_program_and_reads_only_those_columns():
+    # The subset's training (`Evaluator(columns=)`, what the screening runs) compiles
+    # nothing new: the same cached, already traced program. Its models read only the kept
+    # columns: other values in a dropped column leave every number unchanged (exactly:
+    # those inputs are 0 and their kernel rows are 0 and get no gradient).
+    from structsel.data import make_dataset
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(120, 5))
+    y = (x[:, 0] + x[:, 1] > 0).astype(np.int64)
+    budget = runner.parse_budget("tabular,train_steps=40,warmup_steps=5,eval_every=10,"
+                                 "width=4,retrain_width=0,dropout=0")
+    problem = runner.make_problem(make_dataset(x, y, name="t"), "tabular", budget)
+    ev = runner.Evaluator(problem)
+    keys = jax.random.split(jax.random.key(0), 2)
+    choices = np.array([[0, 0, 0], [1, 0, 2]], np.int32)
+    ev(choices, keys, outputs=True)
+    fn = ev._fn(True, runner.devices_lib.run_mesh(ev.size))
+    misses, traced = runner._compiled_trainer.cache_info().misses, fn._cache_size()
+    sub = ev(choices[:1], keys, outputs=True, columns=[0, 1], size=ev.size)
+    assert runner._compiled_trainer.cache_info().misses == misses
+    assert fn._cache_size() == traced
+    noisy = problem.data._replace(**{
+        k: np.concatenate([np.asarray(getattr(problem.data, k))[:, :2], rng.normal(
+            size=(len(getattr(problem.data, k)), 3)).astype(np.float32)], axis=1)
+        for k in ("x_train", "x_val", "x_test")})
+    other = runner.Evaluator(problem._replace(data=noisy))(choices[:1], keys, outputs=True,
+                                                           columns=[0, 1], size=ev.size)
+    for k in sub:
+        np.testing.assert_array_equal(sub[k], other[k])
+    assert not np.array_equal(sub["val_out"], ev(choices[:1], keys, outputs=True)["val_out"])

@@ -24,6 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from structsel.search import features
+
 DATA_DIR = pathlib.Path(__file__).resolve().parent.parent / "data"
 
 
@@ -255,7 +257,7 @@ def fit_with_stopping(family, task, config: TrainConfig, structure, weights, dat
 
 
 def train_structure(family, task, config: TrainConfig, structure, data: Splits, *, key,
-                    outputs: bool = False):
+                    outputs: bool = False, columns=None):
     """Trains the discrete model at a vertex from scratch (w_0 ~ init(key)); its metrics.
 
     `structure`: the vertex as a one-hot Gamma or as a choice (see `forward`).
@@ -263,9 +265,16 @@ def train_structure(family, task, config: TrainConfig, structure, data: Splits, 
     first step whose training loss is not finite, -1 if none: `check_diverged`),
     "stop_step" (the step of the returned weights) with early stopping, and with `outputs`
     the model's outputs "val_out" / "test_out" on the validation and test rows (ensembles).
+    `columns`: None, or a 0/1 mask (d,) of the table's columns: the model on those columns
+    alone (`features.mask_columns` on the data, `features.fan_in_rescale` on the initial
+    weights), in the shapes of all columns so that one compiled program serves both.
     """
     k_init, k_batch = jax.random.split(key)
+    if columns is not None:
+        data = features.mask_columns(data, columns)
     weights = family.init(k_init, data.x_train[:1])
+    if columns is not None:
+        weights = features.fan_in_rescale(family, weights, columns)
     weights, losses, stop = fit_with_stopping(family, task, config, structure, weights, data,
                                               key=k_batch)
     apply = forward(family, structure)
@@ -298,7 +307,7 @@ def check_diverged(scores: dict, labels: Sequence, learning_rate: float) -> None
 
 
 def train_structures(family, task, config: TrainConfig, structures, data: Splits, *, keys,
-                     outputs: bool = False, valid=None):
+                     outputs: bool = False, valid=None, columns=None):
     """`train_structure` over a batch of vertices and `keys`; metrics (num_structures, num_seeds).
 
     `structures` is either Gamma with a leading batch axis on every leaf (the supernet at
@@ -311,11 +320,12 @@ def train_structures(family, task, config: TrainConfig, structures, data: Splits
     `valid` (choices only): a bool array (num_structures,); a structure marked False is
     not trained (`lax.cond` inside the map skips it) and its rows are zeros. A caller
     that pads a batch to a fixed size to reuse one compiled program marks the padding
-    rows so, instead of training them for nothing.
+    rows so, instead of training them for nothing. `columns`: see `train_structure`.
     """
     def per_structure(structure):
         return jax.vmap(lambda k: train_structure(family, task, config, structure, data,
-                                                  key=k, outputs=outputs))(keys)
+                                                  key=k, outputs=outputs,
+                                                  columns=columns))(keys)
     if isinstance(structures, (tuple, list)):
         if valid is not None:
             raise ValueError("valid applies to choices (lax.map over structures), not to "

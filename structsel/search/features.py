@@ -85,6 +85,46 @@ def take_columns(splits, columns):
                               for k in ("x_train", "x_val", "x_test")})
 
 
+def column_mask(columns, num_features: int) -> np.ndarray:
+    """The float32 mask (d,) that is 1 on `columns` and 0 elsewhere."""
+    mask = np.zeros(num_features, np.float32)
+    mask[np.asarray(columns, int)] = 1.0
+    return mask
+
+
+def mask_columns(splits, mask):
+    """`splits` with every column whose `mask` entry is 0 set to 0 (on standardised data,
+    its training mean), the shapes unchanged: x * mask on x_train / x_val / x_test."""
+    return splits._replace(**{k: getattr(splits, k) * mask
+                              for k in ("x_train", "x_val", "x_test")})
+
+
+def fan_in_rescale(family, weights, mask):
+    """The model on the columns of `mask` (d,) with the same shapes: the rows of the input
+    kernels (`input_kernels`: the dense ops on edges leaving the input) times
+    mask_j sqrt(d / k), k = sum(mask). A kernel drawn at fan-in d (Lecun normal, flax's
+    Dense) then has the rows the k-column model would draw at fan-in k, the dropped rows
+    0; on data masked by `mask_columns` those rows get no gradient, and AdamW's decay keeps
+    them 0, so the model trains as the k-column one (`take_columns`) from another draw
+    of the same initial distribution. A mask of ones leaves the weights exactly as they
+    are (the factor is 1.0). jittable."""
+    import jax
+    import jax.numpy as jnp
+
+    mask = jnp.asarray(mask)
+    d = mask.shape[-1]
+    factor = mask * jnp.sqrt(d / jnp.sum(mask))
+
+    def scale(path, leaf):
+        name = str(getattr(path[-1], "key", path[-1]))
+        if name == "kernel" and leaf.ndim >= 2 and leaf.shape[-2] == d:
+            return leaf * factor.astype(leaf.dtype)[:, None]
+        return leaf
+
+    return tuple(jax.tree_util.tree_map_with_path(scale, w) if edge.src == 0 else w
+                 for edge, w in zip(family.edges, weights))
+
+
 def propose(r, separation: float = SEPARATION) -> np.ndarray | None:
     """Sorted indices of the columns to keep, or None (keep all): Otsu's split of log r,
     proposed when min(kept r) > max(dropped r) and min(kept r) >= `separation` x max(dropped r)."""

@@ -217,8 +217,10 @@ class GradientSearch:
         states = []
         for pr, key in zip(problems, keys):
             run_keys = jax.random.split(key, restarts)[np.repeat(np.arange(restarts), num_c)]
-            states.append(trainer.init_many(lambda k, x=pr.data.x_train: obj.init(k, x[:1]),
-                                            run_keys, coefficients))
+            # one compiled program, not the eager dispatch of every op of the init
+            init = jax.jit(lambda ks, cs, x=pr.data.x_train[:1]: trainer.init_many(
+                lambda k: obj.init(k, x), ks, cs))
+            states.append(init(run_keys, coefficients))
         stack = lambda trees: jax.tree.map(lambda *a: jnp.stack(a), *trees)  # noqa: E731
         if many:
             states = stack(states)

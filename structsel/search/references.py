@@ -15,10 +15,12 @@ compares its selection with before returning it).
   scikit-learn is installed, HistGradientBoosting at its defaults.
 - `decide`: keep the selection only if it beats the linear model on validation.
 
-Pure functions; the caller (`runner.run_search`) owns the jit boundary (`jit=`).
+Pure functions; the caller (`runner.run_search`) owns the jit boundary of the linear fit
+(`jit=`); the scoring of outputs is one small jitted program per task (`_scorer`).
 """
 from __future__ import annotations
 
+import functools
 import time
 from typing import Callable, NamedTuple
 
@@ -165,10 +167,18 @@ def constant_outputs(task, y_train, n: int) -> np.ndarray:
     return np.full((n, 1), y_train.astype(np.float64).mean(), np.float32)
 
 
+@functools.lru_cache(maxsize=16)
+def _scorer(task) -> Callable:
+    """jit((out_val, y_val, out_test, y_test) -> (val metric, test metric, val loss)): one
+    compiled program per task instead of the eager dispatch of each op."""
+    return jax.jit(lambda ov, yv, ot, yt: (task.metric(ov, yv), task.metric(ot, yt),
+                                           task.loss(ov, yv)))
+
+
 def _scores(task, out_val, out_test, data) -> dict:
-    return {"val_metric": float(task.metric(jnp.asarray(out_val), data.y_val)),
-            "test_metric": float(task.metric(jnp.asarray(out_test), data.y_test)),
-            "val_loss": float(task.loss(jnp.asarray(out_val), data.y_val))}
+    val, test, loss = _scorer(task)(jnp.asarray(out_val, jnp.float32), data.y_val,
+                                    jnp.asarray(out_test, jnp.float32), data.y_test)
+    return {"val_metric": float(val), "test_metric": float(test), "val_loss": float(loss)}
 
 
 def reference_scores(task, data, *, jit: Callable = lambda f: f) -> dict:

@@ -391,19 +391,36 @@ def final_problem(problem: Problem) -> Problem:
 
 
 @functools.lru_cache(maxsize=32)
-def _compiled_trainer(family, task, config: TrainConfig, outputs: bool = False):
-    """jit(train_structures) per (family, task, config, outputs), cached across runs. The
-    data is an argument, not a closed-over constant: smaller programs, one compilation for
-    all runs."""
-    return jax.jit(lambda structures, keys, data, valid: train_structures(
-        family, task, config, structures, data, keys=keys, outputs=outputs, valid=valid))
+def _compiled_trainer(family, task, config: TrainConfig, outputs: bool = False,
+                      mesh: jax.sharding.Mesh | None = None, columns: bool = False):
+    """jit(train_structures) per (family, task, config, outputs, mesh, columns), cached
+    across runs. The data is an argument, not a closed-over constant: smaller programs, one
+    compilation for all runs. With a "runs" mesh (`devices.run_mesh`) each device trains
+    its slice of the structures (`shard_map`, no collectives): the same per-structure
+    program, so the same numbers as on one device. `columns`: the program takes a column
+    mask (d,) too (`train_structures`), so that a subset of a table's columns trains with
+    the program of all of them."""
+    def train(structures, keys, data, valid, *mask):
+        return train_structures(family, task, config, structures, data, keys=keys,
+                                outputs=outputs, valid=valid,
+                                columns=mask[0] if columns else None)
+    if mesh is None:
+        return jax.jit(train)
+    from jax.sharding import PartitionSpec as P
+    runs = P("runs")
+    specs = (runs, P(), P(), runs) + ((P(),) if columns else ())
+    return jax.jit(jax.shard_map(train, mesh=mesh, in_specs=specs, out_specs=runs,
+                                 check_vma=False))
 
 
 class Evaluator:
     """Trains structures from scratch, structures one after the other (`lax.map`, only the
     chosen op of each edge computed) x seeds vmapped, jitted per batch size. A call's
     structures are padded to the next power of two (at most the budget's `chunk`) so that
-    few programs are compiled; the padding rows are skipped, not trained (`valid`).
+    few programs are compiled; the padding rows are skipped, not trained (`valid`). With
+    several local devices (one per core on a CPU host: `devices.use_cpu_cores`) a batch is
+    split over them (`devices.run_mesh`), the structures balanced by their parameter
+    counts (`devices.balance`, a proxy of their cost); the numbers do not depend on it.
 
     `__call__(choices, keys)` returns {"val_metric", "test_metric", "train_loss"} as numpy
     arrays (num_structures, num_seeds); `count` is the number of (structure, seed) trainings.
@@ -413,15 +430,41 @@ class Evaluator:
 
     def __init__(self, problem: Problem, *, progress: bool = False):
         self.problem, self.progress, self.count = problem, progress, 0
+        self.size = None  # the padded batch size of the last call
 
-    def _fn(self, outputs: bool):
+    def _masked(self) -> bool:
+        """Whether the programs take a column mask: tables (a vector layout, x (n, d))."""
+        return self.problem.space.layout == "vector" and np.ndim(self.problem.data.x_train) == 2
+
+    def _fn(self, outputs: bool, mesh):
         space, task, cfg = self.problem.space, self.problem.task, self.problem.budget.train
-        return _compiled_trainer(space.family, task, cfg, outputs)
+        return _compiled_trainer(space.family, task, cfg, outputs, mesh, self._masked())
 
-    def __call__(self, choices, keys, *, outputs: bool = False) -> dict[str, np.ndarray]:
+    def _costs(self, choices) -> np.ndarray:
+        """A proxy of each structure's training time: its parameters that reach the output
+        plus a tenth of the largest count (the per-step work common to every structure)."""
+        p = self.problem.space.all_num_params(choices, self.problem.data.x_train[:1])
+        return p + 0.1 * p.max()
+
+    def __call__(self, choices, keys, *, outputs: bool = False, columns=None,
+                 size: int | None = None) -> dict[str, np.ndarray]:
+        """`columns`: None (all), or the indices of the table columns to train on (the
+        same program: `features.mask_columns`). `size`: the padded batch size of the
+        call (default: the next power of two of the count, at most the budget's chunk),
+        e.g. that of an earlier call, whose compiled program is then reused."""
         choices = np.asarray(choices, np.int32)
         n, chunk = len(choices), self.problem.budget.chunk
-        size = min(chunk, 1 << max(0, (n - 1).bit_length()))  # few distinct batch shapes
+        if size is None:
+            size = min(chunk, 1 << max(0, (n - 1).bit_length()))  # few distinct batch shapes
+        self.size = size
+        mask = ()
+        if self._masked():
+            d = int(self.problem.data.x_train.shape[-1])
+            mask = (features.column_mask(range(d) if columns is None else columns, d),)
+        elif columns is not None:
+            raise ValueError("columns applies to tables (a vector layout with x of shape "
+                             "(rows, columns))")
+        mesh = devices_lib.run_mesh(size)
         starts = range(0, n, size)
         if self.progress and len(starts) > 1:
             from tqdm import tqdm
@@ -431,9 +474,13 @@ class Evaluator:
             part = choices[s:s + size]
             padded = np.concatenate([part, np.repeat(part[-1:], size - len(part), 0)])
             valid = np.arange(size) < len(part)  # the padding rows are not trained
-            out = self._fn(outputs)(self.problem.space.vertex(padded), keys, self.problem.data,
-                                    valid)
-            outs.append({k: np.asarray(v)[:len(part)] for k, v in out.items()})
+            order = (np.arange(size) if mesh is None or len(part) < 2 else
+                     devices_lib.balance(np.where(valid, self._costs(padded), 0.0),
+                                         mesh.size))
+            out = self._fn(outputs, mesh)(self.problem.space.vertex(padded[order]), keys,
+                                          self.problem.data, valid[order], *mask)
+            back = np.argsort(order)  # row i of the batch is row back[i] of the output
+            outs.append({k: np.asarray(v)[back][:len(part)] for k, v in out.items()})
         self.count += n * int(np.shape(keys)[0])
         scores = {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
         enumeration.check_diverged(scores, [self.problem.space.selected(c) for c in choices],
@@ -666,11 +713,11 @@ def _search_and_write(run, config, ds, problem, method, progress, start, *, outc
                    "test_metric": report["test_metric"], "extra": outcome.extra}
         run.write_json("structure.json", {"adanet_ensemble": report["ensemble"]})
     else:
-        summary = _retrain_selected(final, evaluator if final is problem else Evaluator(
-            final, progress=progress), outcome, run, config, k_retrain, base,
-            search_space=problem.space)
+        retrainer = evaluator if final is problem else Evaluator(final, progress=progress)
+        summary = _retrain_selected(final, retrainer, outcome, run, config, k_retrain, base,
+                                    search_space=problem.space)
         summary = _screen_features(final, outcome, run, config, k_retrain, summary,
-                                   progress=progress)
+                                   evaluator=retrainer)
     # Compare with the constant and linear references (and HistGradientBoosting) on the
     # same split; return the linear model when the selection does not beat it.
     summary, decision = references.review(
@@ -817,7 +864,7 @@ def _retrain_selected(problem, evaluator, outcome, run, config, key, base, *,
     return summary
 
 
-def _screen_features(problem, outcome, run, config, key, summary, *, progress) -> dict:
+def _screen_features(problem, outcome, run, config, key, summary, *, evaluator) -> dict:
     """Budget `feature_screening` (tables): when the search's input relevances propose a
     group of columns (`features.propose`: Otsu's upper group), retrains the selected
     structure on those columns alone and keeps it when its validation
@@ -826,7 +873,9 @@ def _screen_features(problem, outcome, run, config, key, summary, *, progress) -
     summary and, when kept, the columns in structure.json (`retrain` reads them).
 
     `key` is the candidates' retraining key on purpose: a paired comparison, the subset's
-    models see the same minibatch rows and dropout masks as the all-column ones."""
+    models see the same minibatch rows and dropout masks as the all-column ones.
+    `evaluator`: the candidates' (at the final width); the subset trains with its
+    compiled program, the dropped columns masked (`Evaluator(columns=)`), not retraced."""
     from structsel.search import selection as sel
 
     r = outcome.extra.get("input_relevance")
@@ -839,9 +888,10 @@ def _screen_features(problem, outcome, run, config, key, summary, *, progress) -
         summary["features"] = {**record, "reason": "no clearly separated group of columns"}
         return summary
     start = time.perf_counter()
-    sub = features.take_columns(problem.data, kept)
+    sub = features.take_columns(problem.data, kept)  # its parameter count, its labels
     task, b = problem.task, config.budget
-    chosen = sel.select(Evaluator(problem._replace(data=sub), progress=progress), problem.space,
+    subset = functools.partial(evaluator, columns=kept, size=evaluator.size)
+    chosen = sel.select(subset, problem.space,
                         np.asarray(summary["choice"], np.int32)[None],
                         keys=jax.random.split(key, b.retrain_seeds),
                         x_train=np.asarray(sub.x_train),

@@ -25,6 +25,7 @@ behind when a table exists.
 """
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple, Sequence
 
 import jax
@@ -82,6 +83,19 @@ def one_se_choice(val, params, *, higher_is_better: bool, rule: str = "one_se",
     return int(order[0]), se
 
 
+@functools.lru_cache(maxsize=16)
+def _ensemble_scorer(task):
+    """jit((val_out, y_val, test_out, y_test) -> (val metric, test metric, val loss)) of
+    each candidate's deep ensemble; outputs (N, S, rows, outputs). One compiled program
+    instead of the eager dispatch of each op."""
+    def scores(val_out, y_val, test_out, y_test):
+        ens_val, ens_test = jax.vmap(task.ensemble)(val_out), jax.vmap(task.ensemble)(test_out)
+        return (jax.vmap(task.metric, (0, None))(ens_val, y_val),
+                jax.vmap(task.metric, (0, None))(ens_test, y_test),
+                jax.vmap(task.loss, (0, None))(ens_val, y_val))
+    return jax.jit(scores)
+
+
 def select(evaluator, space, candidates, *, keys, x_train, higher_is_better: bool,
            rule: str = "best", ensemble=None) -> Selection:
     """Retrains each distinct row of `candidates` (N, E) with one seed per key; the best
@@ -99,11 +113,8 @@ def select(evaluator, space, candidates, *, keys, x_train, higher_is_better: boo
     ens_val = ens_test = ens_loss = None
     if ensemble is not None:
         task, data = ensemble
-        score = jax.vmap(lambda outs, y: task.metric(task.ensemble(outs), y), (0, None))
-        ens_val, ens_test = (np.asarray(score(scores[f"{split}_out"], y), float)
-                             for split, y in (("val", data.y_val), ("test", data.y_test)))
-        ens_loss = np.asarray(jax.vmap(lambda outs: task.loss(task.ensemble(outs), data.y_val))(
-            scores["val_out"]), float)
+        ens_val, ens_test, ens_loss = (np.asarray(a, float) for a in _ensemble_scorer(task)(
+            scores["val_out"], data.y_val, scores["test_out"], data.y_test))
         best, tol = one_se_choice(ens_val[:, None], params, higher_is_better=higher_is_better,
                                   rule="best", loss=ens_loss)
     else:
