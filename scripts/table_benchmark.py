@@ -419,6 +419,8 @@ def main(argv=None) -> None:
     p.add_argument("--cache", help=argparse.SUPPRESS)
     p.add_argument("--workdir", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    from structsel import devices
+    devices.use_cpu_cores()  # as the CLI does: one CPU device per core
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.time_one:

@@ -291,9 +291,23 @@ def linear_structure(task, *, num_features: int, dataset: str, replaces: dict,
             "reason": reason, "replaces": replaces}
 
 
+def baselines_of(task, data, *, seed: int = 0, gradient_boosting: bool = True,
+                 jit: Callable = lambda f: f) -> dict:
+    """{"constant", "linear"[, "hist_gradient_boosting"]}: each reference's val / test
+    metric on `data` (`enumeration.Splits`; features flattened to a table (n, d))."""
+    flat = data._replace(**{k: jnp.reshape(getattr(data, k), (getattr(data, k).shape[0], -1))
+                            for k in ("x_train", "x_val", "x_test")})
+    baselines = reference_scores(task, flat, jit=jit)
+    if gradient_boosting:
+        hgb = hist_gradient_boosting(task, flat, seed=seed)
+        if hgb is not None:
+            baselines["hist_gradient_boosting"] = hgb
+    return baselines
+
+
 def review(summary: dict, task, data, *, family=None, choice=None, seed: int = 0,
            fallback: bool = True, gradient_boosting: bool = True,
-           jit: Callable = lambda f: f) -> tuple[dict, Decision]:
+           jit: Callable = lambda f: f, baselines: dict | None = None) -> tuple[dict, Decision]:
     """The summary of a search with its references and the decision applied.
 
     Adds `baselines` ({"constant", "linear"[, "hist_gradient_boosting"]}: val / test metric
@@ -302,14 +316,12 @@ def review(summary: dict, task, data, *, family=None, choice=None, seed: int = 0
     `warnings`, and, when the linear model is returned, `fallback` (reason, the selection's
     and the linear model's metrics) with `params` / `val_metric` / `test_metric` the linear
     model's. `data`: `enumeration.Splits` of the split's features as a table (n, d).
+    `baselines`: those of `baselines_of` on `data` when the caller computed them already
+    (the runner does, next to the search), else computed here.
     """
-    flat = data._replace(**{k: jnp.reshape(getattr(data, k), (getattr(data, k).shape[0], -1))
-                            for k in ("x_train", "x_val", "x_test")})
-    baselines = reference_scores(task, flat, jit=jit)
-    if gradient_boosting:
-        hgb = hist_gradient_boosting(task, flat, seed=seed)
-        if hgb is not None:
-            baselines["hist_gradient_boosting"] = hgb
+    if baselines is None:
+        baselines = baselines_of(task, data, seed=seed, gradient_boosting=gradient_boosting,
+                                 jit=jit)
     independent = None if choice is None else not depends_on_input(family, choice)
     linear, constant = baselines["linear"], baselines["constant"]
     decision = decide(selected_val=summary["val_metric"], linear_val=linear["val_metric"],

@@ -8,6 +8,7 @@ boundary: the `Evaluator` jits the vmapped from-scratch trainer once per batch s
 """
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import functools
@@ -428,9 +429,31 @@ class Evaluator:
     (num_structures, num_seeds, rows, outputs), for the deep ensemble of the seeds.
     """
 
-    def __init__(self, problem: Problem, *, progress: bool = False):
+    def __init__(self, problem: Problem, *, progress: bool = False, min_size: int = 1):
         self.problem, self.progress, self.count = problem, progress, 0
+        self.min_size = min_size  # the smallest padded batch (`prewarm`'s, to reuse it)
         self.size = None  # the padded batch size of the last call
+
+    def batch_size(self, n: int) -> int:
+        """The padded batch of a call with n structures: the next power of two of n, at
+        least `min_size`, at most the budget's chunk (few distinct compiled shapes)."""
+        return min(self.problem.budget.chunk,
+                   max(self.min_size, 1 << max(0, (n - 1).bit_length())))
+
+    def prewarm(self, keys, *, outputs: bool, size: int) -> None:
+        """Traces and compiles the program of a call of `size` structures with keys shaped
+        like `keys` (and sets `min_size` to it), by running it with every row skipped
+        (`valid` all False: nothing is trained). `runner` calls it in a thread while the
+        search runs, so that the retraining finds its program compiled."""
+        self.min_size = max(self.min_size, size)
+        structures = np.zeros((size, self.problem.space.family.num_edges), np.int32)
+        mask = ()
+        if self._masked():
+            d = int(self.problem.data.x_train.shape[-1])
+            mask = (features.column_mask(range(d), d),)
+        out = self._fn(outputs, devices_lib.run_mesh(size))(
+            structures, keys, self.problem.data, np.zeros(size, bool), *mask)
+        jax.block_until_ready(out)
 
     def _masked(self) -> bool:
         """Whether the programs take a column mask: tables (a vector layout, x (n, d))."""
@@ -451,11 +474,11 @@ class Evaluator:
         """`columns`: None (all), or the indices of the table columns to train on (the
         same program: `features.mask_columns`). `size`: the padded batch size of the
         call (default: the next power of two of the count, at most the budget's chunk),
-        e.g. that of an earlier call, whose compiled program is then reused."""
+        e.g. that of an earlier call, whose compiled program is then reused (default:
+        `batch_size`)."""
         choices = np.asarray(choices, np.int32)
-        n, chunk = len(choices), self.problem.budget.chunk
-        if size is None:
-            size = min(chunk, 1 << max(0, (n - 1).bit_length()))  # few distinct batch shapes
+        n = len(choices)
+        size = self.batch_size(n) if size is None else size
         self.size = size
         mask = ()
         if self._masked():
@@ -671,8 +694,44 @@ def _search_and_write(run, config, ds, problem, method, progress, start, *, outc
     already done (`run_search_many`, shared by `batched` runs)."""
     evaluator = Evaluator(problem, progress=progress)
     final = final_problem(problem)  # the proposals are retrained at the final width
+    retrainer = evaluator if final is problem else Evaluator(final, progress=progress)
     key = prng_key(config.seed)
     k_search, k_retrain = jax.random.split(key)
+    # Next to the search, in a thread: the references' fits and the compilation of the
+    # retraining's program (the search keeps both cores only partly busy)
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    try:
+        return _search_and_write_with(pool, run, config, ds, problem, method, progress, start,
+                                      outcome, batched, evaluator, final, retrainer, k_search,
+                                      k_retrain)
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _proposals(method, config) -> int:
+    """How many structures a gradient search proposes (restarts x its path, x 2 at both
+    structure levels), the most the retraining trains; 0 for the other methods."""
+    from structsel.search import methods
+
+    if not isinstance(method, methods.GradientSearch):
+        return 0
+    return (config.seeds * max(1, len(method.path))
+            * (2 if method.structure_level == "both" else 1))
+
+
+def _search_and_write_with(pool, run, config, ds, problem, method, progress, start, outcome,
+                           batched, evaluator, final, retrainer, k_search, k_retrain) -> dict:
+    """`_search_and_write`'s body; `pool` runs the background work."""
+    proposals = _proposals(method, config) if outcome is None else 0
+    prewarmed = None
+    if proposals:
+        retrainer.min_size = retrainer.batch_size(proposals)
+        prewarmed = pool.submit(
+            retrainer.prewarm, jax.random.split(k_retrain, config.budget.retrain_seeds),
+            outputs=config.budget.ensemble, size=retrainer.min_size)
+    baselines = pool.submit(references.baselines_of, problem.task, enumeration.splits_of(ds),
+                            seed=config.seed, gradient_boosting=config.gradient_boosting,
+                            jit=jax.jit)
     checkpoints = (run.path("checkpoints") if config.checkpoint_dir is None
                    else pathlib.Path(config.checkpoint_dir))
     if outcome is None:
@@ -713,7 +772,8 @@ def _search_and_write(run, config, ds, problem, method, progress, start, *, outc
                    "test_metric": report["test_metric"], "extra": outcome.extra}
         run.write_json("structure.json", {"adanet_ensemble": report["ensemble"]})
     else:
-        retrainer = evaluator if final is problem else Evaluator(final, progress=progress)
+        if prewarmed is not None:
+            prewarmed.result()  # compiled once, not again by a call racing it
         summary = _retrain_selected(final, retrainer, outcome, run, config, k_retrain, base,
                                     search_space=problem.space)
         summary = _screen_features(final, outcome, run, config, k_retrain, summary,
@@ -724,7 +784,7 @@ def _search_and_write(run, config, ds, problem, method, progress, start, *, outc
         summary, problem.task, enumeration.splits_of(ds), family=final.space.family,
         choice=final.space.vertex(summary["choice"]) if "choice" in summary else None,
         seed=config.seed, fallback=config.fallback,
-        gradient_boosting=config.gradient_boosting, jit=jax.jit)
+        gradient_boosting=config.gradient_boosting, jit=jax.jit, baselines=baselines.result())
     summary["warnings"] = divergence_warnings + summary["warnings"]
     if ds.classes is not None:
         summary["classes"] = list(ds.classes)
