@@ -222,6 +222,28 @@ def _retrain(args) -> int:
     return 0
 
 
+def _redeliver_swallowed_interrupts() -> None:
+    """A Ctrl-C that Python raises inside a garbage-collection callback (jax registers one)
+    or a finaliser is reported as "Exception ignored" and lost: the run would go on. This
+    hook delivers it to the main thread again, 50 ms later from a timer thread
+    (`_thread.interrupt_main`), outside the callback, where the CLI reports it."""
+    import _thread
+    import threading
+
+    previous = sys.unraisablehook
+    if getattr(previous, "structsel_redelivers", False):
+        return
+
+    def hook(unraisable):
+        if unraisable.exc_type is not None and issubclass(unraisable.exc_type,
+                                                          KeyboardInterrupt):
+            threading.Timer(0.05, _thread.interrupt_main).start()
+            return
+        previous(unraisable)
+    hook.structsel_redelivers = True
+    sys.unraisablehook = hook
+
+
 def _compilation_cache() -> None:
     """Persistent XLA cache for the CLI (STRUCTSEL_JAX_CACHE, default ~/.cache/structsel/jax),
     unless the caller (e.g. the test suite) configured one already."""
@@ -252,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `structsel` console script; returns the exit code."""
     args = build_parser().parse_args(argv)
     devices_lib.use_cpu_cores()  # a CPU host: one device per core, runs side by side
+    _redeliver_swallowed_interrupts()
     _compilation_cache()
     try:
         _check_output_paths(args)

@@ -699,7 +699,10 @@ def _search_and_write(run, config, ds, problem, method, progress, start, *, outc
     k_search, k_retrain = jax.random.split(key)
     # Next to the search, in a thread: the references' fits and the compilation of the
     # retraining's program (the search keeps both cores only partly busy)
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    # (not a daemon: a thread killed inside XLA at exit aborts the process; after an
+    # interrupt the exit waits for the call it is running)
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1,
+                                                 thread_name_prefix="structsel-background")
     try:
         return _search_and_write_with(pool, run, config, ds, problem, method, progress, start,
                                       outcome, batched, evaluator, final, retrainer, k_search,
