@@ -33,21 +33,21 @@ import numpy as np
 SEPARATION = 1.0  # smallest kept relevance / largest dropped relevance, at least
 
 
+def _is_input_kernel(path, leaf, num_features: int) -> bool:
+    """Whether a weight leaf (of an op on an edge leaving the input) is a dense kernel
+    whose input axis has `num_features` rows."""
+    name = str(getattr(path[-1], "key", path[-1]))
+    return name == "kernel" and leaf.ndim >= 2 and leaf.shape[-2] == num_features
+
+
 def input_kernels(family, weights, num_features: int) -> list:
     """The (runs..., d, k) kernels of the ops on edges leaving vertex 0 (the input) whose
     leading input axis has `num_features` rows: the dense layers that read the columns."""
     import jax
 
-    out = []
-    for e, edge in enumerate(family.edges):
-        if edge.src != 0:
-            continue
-        for w in weights[e]:
-            for path, leaf in jax.tree_util.tree_leaves_with_path(w):
-                name = str(getattr(path[-1], "key", path[-1]))
-                if name == "kernel" and leaf.ndim >= 2 and leaf.shape[-2] == num_features:
-                    out.append(np.asarray(leaf))
-    return out
+    return [np.asarray(leaf) for edge, w in zip(family.edges, weights) if edge.src == 0
+            for path, leaf in jax.tree_util.tree_leaves_with_path(w)
+            if _is_input_kernel(path, leaf, num_features)]
 
 
 def relevance(family, weights, num_features: int) -> np.ndarray | None:
@@ -116,8 +116,7 @@ def fan_in_rescale(family, weights, mask):
     factor = mask * jnp.sqrt(d / jnp.sum(mask))
 
     def scale(path, leaf):
-        name = str(getattr(path[-1], "key", path[-1]))
-        if name == "kernel" and leaf.ndim >= 2 and leaf.shape[-2] == d:
+        if _is_input_kernel(path, leaf, d):
             return leaf * factor.astype(leaf.dtype)[:, None]
         return leaf
 

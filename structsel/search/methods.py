@@ -214,13 +214,13 @@ class GradientSearch:
         if self.path:
             coefficients = objective.coefficient_batch(self.path_coefficients() * restarts,
                                                        dtype=d.x_train.dtype)
+        # the initial states: one compiled program for all problems (same shapes), not the
+        # eager dispatch of each op of the init
+        init = jit(lambda ks, cs, x: trainer.init_many(lambda k: obj.init(k, x), ks, cs))
         states = []
         for pr, key in zip(problems, keys):
             run_keys = jax.random.split(key, restarts)[np.repeat(np.arange(restarts), num_c)]
-            # one compiled program, not the eager dispatch of every op of the init
-            init = jax.jit(lambda ks, cs, x=pr.data.x_train[:1]: trainer.init_many(
-                lambda k: obj.init(k, x), ks, cs))
-            states.append(init(run_keys, coefficients))
+            states.append(init(run_keys, coefficients, pr.data.x_train[:1]))
         stack = lambda trees: jax.tree.map(lambda *a: jnp.stack(a), *trees)  # noqa: E731
         if many:
             states = stack(states)

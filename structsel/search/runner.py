@@ -431,7 +431,7 @@ class Evaluator:
 
     def __init__(self, problem: Problem, *, progress: bool = False, min_size: int = 1):
         self.problem, self.progress, self.count = problem, progress, 0
-        self.min_size = min_size  # the smallest padded batch (`prewarm`'s, to reuse it)
+        self.min_size = min_size  # the smallest padded batch (a prewarmed one, reused)
         self.size = None  # the padded batch size of the last call
 
     def batch_size(self, n: int) -> int:
@@ -442,22 +442,28 @@ class Evaluator:
 
     def prewarm(self, keys, *, outputs: bool, size: int) -> None:
         """Traces and compiles the program of a call of `size` structures with keys shaped
-        like `keys` (and sets `min_size` to it), by running it with every row skipped
-        (`valid` all False: nothing is trained). `runner` calls it in a thread while the
+        like `keys`, by running it with every row skipped (`valid` all False: nothing is
+        trained). `runner` sets `min_size` to `size` and calls it in a thread while the
         search runs, so that the retraining finds its program compiled."""
-        self.min_size = max(self.min_size, size)
         structures = np.zeros((size, self.problem.space.family.num_edges), np.int32)
-        mask = ()
-        if self._masked():
-            d = int(self.problem.data.x_train.shape[-1])
-            mask = (features.column_mask(range(d), d),)
         out = self._fn(outputs, devices_lib.run_mesh(size))(
-            structures, keys, self.problem.data, np.zeros(size, bool), *mask)
+            structures, keys, self.problem.data, np.zeros(size, bool), *self._mask())
         jax.block_until_ready(out)
 
     def _masked(self) -> bool:
         """Whether the programs take a column mask: tables (a vector layout, x (n, d))."""
         return self.problem.space.layout == "vector" and np.ndim(self.problem.data.x_train) == 2
+
+    def _mask(self, columns=None) -> tuple:
+        """The programs' mask argument: () without one, else (mask of `columns`,) (None:
+        every column)."""
+        if not self._masked():
+            if columns is not None:
+                raise ValueError("columns applies to tables (a vector layout with x of shape "
+                                 "(rows, columns))")
+            return ()
+        d = int(self.problem.data.x_train.shape[-1])
+        return (features.column_mask(range(d) if columns is None else columns, d),)
 
     def _fn(self, outputs: bool, mesh):
         space, task, cfg = self.problem.space, self.problem.task, self.problem.budget.train
@@ -480,13 +486,7 @@ class Evaluator:
         n = len(choices)
         size = self.batch_size(n) if size is None else size
         self.size = size
-        mask = ()
-        if self._masked():
-            d = int(self.problem.data.x_train.shape[-1])
-            mask = (features.column_mask(range(d) if columns is None else columns, d),)
-        elif columns is not None:
-            raise ValueError("columns applies to tables (a vector layout with x of shape "
-                             "(rows, columns))")
+        mask = self._mask(columns)
         mesh = devices_lib.run_mesh(size)
         starts = range(0, n, size)
         if self.progress and len(starts) > 1:
@@ -699,16 +699,91 @@ def _search_and_write(run, config, ds, problem, method, progress, start, *, outc
     k_search, k_retrain = jax.random.split(key)
     # Next to the search, in a thread: the references' fits and the compilation of the
     # retraining's program (the search keeps both cores only partly busy)
-    # (not a daemon: a thread killed inside XLA at exit aborts the process; after an
-    # interrupt the exit waits for the call it is running)
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1,
-                                                 thread_name_prefix="structsel-background")
-    try:
-        return _search_and_write_with(pool, run, config, ds, problem, method, progress, start,
-                                      outcome, batched, evaluator, final, retrainer, k_search,
-                                      k_retrain)
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
+    with _background() as pool:
+        proposals = _proposals(method, config) if outcome is None else 0
+        prewarmed = None
+        if proposals:
+            retrainer.min_size = retrainer.batch_size(proposals)
+            prewarmed = pool.submit(
+                retrainer.prewarm, jax.random.split(k_retrain, config.budget.retrain_seeds),
+                outputs=config.budget.ensemble, size=retrainer.min_size)
+        baselines = pool.submit(references.baselines_of, problem.task, enumeration.splits_of(ds),
+                                seed=config.seed, gradient_boosting=config.gradient_boosting,
+                                jit=jax.jit)
+        checkpoints = (run.path("checkpoints") if config.checkpoint_dir is None
+                       else pathlib.Path(config.checkpoint_dir))
+        if outcome is None:
+            if not config.resume:  # a fresh run: an earlier run's checkpoints are not this one's
+                shutil.rmtree(checkpoints, ignore_errors=True)
+            checkpoint = (search_checkpoints(config, ds, checkpoints) if config.checkpoint_every
+                          else None)
+            outcome = method.search(problem, evaluator, key=k_search, restarts=config.seeds,
+                                    relaxation=config.relaxation, progress=progress,
+                                    jit=jax.jit, checkpoint=checkpoint)
+        for t, row in enumerate(outcome.history):
+            run.log_metrics(t, **row)
+        divergence_warnings = _check_divergence(outcome, run)
+        search_time = time.perf_counter() - start
+        base = {"dataset": problem.dataset, "space": problem.space.name, "method": config.method,
+                "relaxation": outcome.relaxation, "seed": config.seed, "restarts": config.seeds,
+                "num_evaluations": int(outcome.num_evaluations), "search_time_s": search_time,
+                "budget": dataclasses.asdict(config.budget), "split": ds.split,
+                "metric": problem.task.metric_name, "workdir": str(run.workdir)}
+        if batched:
+            base["search_batched_runs"] = batched
+        if problem.mesh is not None:
+            from structsel.search import methods
+            gradient = isinstance(method, methods.GradientSearch)
+            minibatched = 0 < config.budget.search_batch_size < problem.data.x_train.shape[0]
+            sharded = ("nothing: not a gradient search" if not gradient else
+                       "the search's minibatch rows" if minibatched else
+                       "nothing: a full-batch search")
+            base["data_parallel"] = {"devices": int(problem.mesh.size), "sharded": sharded}
+        if outcome.choices is None:  # a method with its own structure space (AdaNet)
+            report = outcome.extra["adanet"]
+            summary = {**base, "space": "adanet", "selected": {
+                           f"subnetwork {i}": f"depth {m['depth']} x width {m['width']}"
+                           for i, m in enumerate(report["ensemble"])},
+                       "gamma": {f"subnetwork {i}": m["gamma"]
+                                 for i, m in enumerate(report["ensemble"])},
+                       "params": report["params"], "val_metric": report["val_metric"],
+                       "test_metric": report["test_metric"], "extra": outcome.extra}
+            run.write_json("structure.json", {"adanet_ensemble": report["ensemble"]})
+        else:
+            if prewarmed is not None:
+                prewarmed.result()  # compiled once, not again by a call racing it
+            summary = _retrain_selected(final, retrainer, outcome, run, config, k_retrain, base,
+                                        search_space=problem.space)
+            summary = _screen_features(final, outcome, run, config, k_retrain, summary,
+                                       evaluator=retrainer)
+        # Compare with the constant and linear references (and HistGradientBoosting) on the
+        # same split; return the linear model when the selection does not beat it.
+        summary, decision = references.review(
+            summary, problem.task, enumeration.splits_of(ds), family=final.space.family,
+            choice=final.space.vertex(summary["choice"]) if "choice" in summary else None,
+            seed=config.seed, fallback=config.fallback,
+            gradient_boosting=config.gradient_boosting, jit=jax.jit, baselines=baselines.result())
+        summary["warnings"] = divergence_warnings + summary["warnings"]
+        if ds.classes is not None:
+            summary["classes"] = list(ds.classes)
+        if "table" in summary:  # the tables were computed on one split: like for like only on it
+            table = enumeration.load_enumeration_table(problem.space.name, problem.dataset,
+                                                       summary["table"])
+            summary["table_matches_split"] = table["settings"].get("split") == ds.split
+            summary["table_like_for_like"] = bool(summary.get("table_matches_budget")
+                                                  and summary["table_matches_split"])
+        structure = json.loads(run.path("structure.json").read_text())
+        if decision.model == "linear":
+            structure = references.linear_structure(
+                problem.task, num_features=int(np.prod(ds.x_train.shape[1:])),
+                dataset=problem.dataset, replaces=structure, reason=decision.reason)
+        run.write_json("structure.json", {**structure, "classes": summary.get("classes"),
+                                          "split": ds.split})
+        summary["wall_time_s"] = time.perf_counter() - start
+        run.write_summary(summary)
+        if not batched:  # finished: summary.json says so (a group's are its caller's)
+            shutil.rmtree(checkpoints, ignore_errors=True)
+        return summary
 
 
 def _proposals(method, config) -> int:
@@ -722,93 +797,17 @@ def _proposals(method, config) -> int:
             * (2 if method.structure_level == "both" else 1))
 
 
-def _search_and_write_with(pool, run, config, ds, problem, method, progress, start, outcome,
-                           batched, evaluator, final, retrainer, k_search, k_retrain) -> dict:
-    """`_search_and_write`'s body; `pool` runs the background work."""
-    proposals = _proposals(method, config) if outcome is None else 0
-    prewarmed = None
-    if proposals:
-        retrainer.min_size = retrainer.batch_size(proposals)
-        prewarmed = pool.submit(
-            retrainer.prewarm, jax.random.split(k_retrain, config.budget.retrain_seeds),
-            outputs=config.budget.ensemble, size=retrainer.min_size)
-    baselines = pool.submit(references.baselines_of, problem.task, enumeration.splits_of(ds),
-                            seed=config.seed, gradient_boosting=config.gradient_boosting,
-                            jit=jax.jit)
-    checkpoints = (run.path("checkpoints") if config.checkpoint_dir is None
-                   else pathlib.Path(config.checkpoint_dir))
-    if outcome is None:
-        if not config.resume:  # a fresh run: an earlier run's checkpoints are not this one's
-            shutil.rmtree(checkpoints, ignore_errors=True)
-        checkpoint = (search_checkpoints(config, ds, checkpoints) if config.checkpoint_every
-                      else None)
-        outcome = method.search(problem, evaluator, key=k_search, restarts=config.seeds,
-                                relaxation=config.relaxation, progress=progress,
-                                jit=jax.jit, checkpoint=checkpoint)
-    for t, row in enumerate(outcome.history):
-        run.log_metrics(t, **row)
-    divergence_warnings = _check_divergence(outcome, run)
-    search_time = time.perf_counter() - start
-    base = {"dataset": problem.dataset, "space": problem.space.name, "method": config.method,
-            "relaxation": outcome.relaxation, "seed": config.seed, "restarts": config.seeds,
-            "num_evaluations": int(outcome.num_evaluations), "search_time_s": search_time,
-            "budget": dataclasses.asdict(config.budget), "split": ds.split,
-            "metric": problem.task.metric_name, "workdir": str(run.workdir)}
-    if batched:
-        base["search_batched_runs"] = batched
-    if problem.mesh is not None:
-        from structsel.search import methods
-        gradient = isinstance(method, methods.GradientSearch)
-        minibatched = 0 < config.budget.search_batch_size < problem.data.x_train.shape[0]
-        sharded = ("nothing: not a gradient search" if not gradient else
-                   "the search's minibatch rows" if minibatched else
-                   "nothing: a full-batch search")
-        base["data_parallel"] = {"devices": int(problem.mesh.size), "sharded": sharded}
-    if outcome.choices is None:  # a method with its own structure space (AdaNet)
-        report = outcome.extra["adanet"]
-        summary = {**base, "space": "adanet", "selected": {
-                       f"subnetwork {i}": f"depth {m['depth']} x width {m['width']}"
-                       for i, m in enumerate(report["ensemble"])},
-                   "gamma": {f"subnetwork {i}": m["gamma"]
-                             for i, m in enumerate(report["ensemble"])},
-                   "params": report["params"], "val_metric": report["val_metric"],
-                   "test_metric": report["test_metric"], "extra": outcome.extra}
-        run.write_json("structure.json", {"adanet_ensemble": report["ensemble"]})
-    else:
-        if prewarmed is not None:
-            prewarmed.result()  # compiled once, not again by a call racing it
-        summary = _retrain_selected(final, retrainer, outcome, run, config, k_retrain, base,
-                                    search_space=problem.space)
-        summary = _screen_features(final, outcome, run, config, k_retrain, summary,
-                                   evaluator=retrainer)
-    # Compare with the constant and linear references (and HistGradientBoosting) on the
-    # same split; return the linear model when the selection does not beat it.
-    summary, decision = references.review(
-        summary, problem.task, enumeration.splits_of(ds), family=final.space.family,
-        choice=final.space.vertex(summary["choice"]) if "choice" in summary else None,
-        seed=config.seed, fallback=config.fallback,
-        gradient_boosting=config.gradient_boosting, jit=jax.jit, baselines=baselines.result())
-    summary["warnings"] = divergence_warnings + summary["warnings"]
-    if ds.classes is not None:
-        summary["classes"] = list(ds.classes)
-    if "table" in summary:  # the tables were computed on one split: like for like only on it
-        table = enumeration.load_enumeration_table(problem.space.name, problem.dataset,
-                                                   summary["table"])
-        summary["table_matches_split"] = table["settings"].get("split") == ds.split
-        summary["table_like_for_like"] = bool(summary.get("table_matches_budget")
-                                              and summary["table_matches_split"])
-    structure = json.loads(run.path("structure.json").read_text())
-    if decision.model == "linear":
-        structure = references.linear_structure(
-            problem.task, num_features=int(np.prod(ds.x_train.shape[1:])),
-            dataset=problem.dataset, replaces=structure, reason=decision.reason)
-    run.write_json("structure.json", {**structure, "classes": summary.get("classes"),
-                                      "split": ds.split})
-    summary["wall_time_s"] = time.perf_counter() - start
-    run.write_summary(summary)
-    if not batched:  # finished: summary.json says so (a group's are its caller's)
-        shutil.rmtree(checkpoints, ignore_errors=True)
-    return summary
+@contextlib.contextmanager
+def _background():
+    """A one-thread pool for work next to the search, shut down on leaving without waiting
+    (calls not started are cancelled). Not a daemon: a thread killed inside XLA at exit
+    aborts the process; after an interrupt the exit waits for the call it is running."""
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1,
+                                                 thread_name_prefix="structsel-background")
+    try:
+        yield pool
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def search_checkpoints(config: SearchConfig, ds: data_lib.Dataset | None,
