@@ -132,10 +132,15 @@ def sklearn_scores(ds, seed: int) -> dict:
 # --- one piece: a dataset x split seeds ---------------------------------------------------
 
 def run_piece(name: str, out: pathlib.Path, seeds=SPLIT_SEEDS, method: str | None = None,
-              target: str | None = None, budget: str | None = None) -> dict:
+              target: str | None = None, budget: str | None = None,
+              cache: str | None = None) -> dict:
+    """`cache`: a persistent compilation cache shared between pieces (their first search
+    is then warm too, when an earlier piece compiled the same shapes); default: an empty
+    one (the first search is cold)."""
     import jax
 
-    cache = tempfile.mkdtemp(prefix="structsel_cold_cache_")
+    shared = cache is not None
+    cache = cache or tempfile.mkdtemp(prefix="structsel_cold_cache_")
     jax.config.update("jax_compilation_cache_dir", cache)  # empty: the first search is cold
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     from structsel.search import runner
@@ -154,13 +159,15 @@ def run_piece(name: str, out: pathlib.Path, seeds=SPLIT_SEEDS, method: str | Non
         start = time.perf_counter()
         summary = runner.run_search(config, progress=False, dataset=ds)
         wall = time.perf_counter() - start
-        row = {"split_seed": seed, "cache": "cold" if i == 0 else "warm (same process)",
+        row = {"split_seed": seed, "cache": ("shared cache" if shared else
+                                             "cold" if i == 0 else "warm (same process)"),
                "wall_time_s": wall, "search_time_s": summary.get("search_time_s"),
                "space": summary["space"], "method": summary["method"],
                "budget": summary["budget"]["name"], "selected": summary["selected"],
                "model": summary.get("model"), "params": summary["params"],
                "val": summary["val_metric"], "test": summary["test_metric"],
                "fallback": summary.get("fallback"), "warnings": summary.get("warnings"),
+               "versus_linear": summary.get("versus_linear"),
                "ensemble": summary.get("ensemble"),
                "features": ({k: summary["features"][k] for k in ("proposed", "kept")}
                             if summary.get("features") else None),
@@ -415,6 +422,9 @@ def main(argv=None) -> None:
     p.add_argument("--report", action="store_true", help="merge the pieces")
     p.add_argument("--docs", default="docs/tables.md", help="markdown file to update ('' none)")
     p.add_argument("--out", default=str(OUT))
+    p.add_argument("--shared-cache", default=None,
+                   help="a compilation cache directory shared by pieces (default: an empty "
+                        "one per piece, so that its first search is cold)")
     p.add_argument("--time-one", help=argparse.SUPPRESS)
     p.add_argument("--cache", help=argparse.SUPPRESS)
     p.add_argument("--workdir", help=argparse.SUPPRESS)
@@ -427,9 +437,11 @@ def main(argv=None) -> None:
         return time_one(args.time_one, args.cache, args.workdir, args.budget)
     seeds = tuple(int(s) for s in args.seeds.split(","))
     if args.dataset:
-        run_piece(args.dataset, out, seeds, args.method, budget=args.budget)
+        run_piece(args.dataset, out, seeds, args.method, budget=args.budget,
+                  cache=args.shared_cache)
     if args.data:
-        run_piece(args.data, out, seeds, args.method, target=args.target, budget=args.budget)
+        run_piece(args.data, out, seeds, args.method, target=args.target, budget=args.budget,
+                  cache=args.shared_cache)
     if args.timing:
         run_timing(out, args.budget)
     if args.report:

@@ -162,6 +162,93 @@ def test_decide():
     assert d.model == "linear" and len(d.warnings) == 2
 
 
+def test_paired_gain_against_numpy():
+    # Oracle: the per-row cross-entropy / squared error written out in float64 numpy;
+    # the task computes them in float32, hence rel 1e-5 on the mean and its SE.
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 3, size=40)
+    sel, lin = rng.normal(size=(40, 3)) * 2, rng.normal(size=(40, 3))
+    task = enumeration.Classification(3)
+
+    def ce(logits):
+        z = logits - logits.max(1, keepdims=True)
+        return -(z - np.log(np.exp(z).sum(1, keepdims=True)))[np.arange(len(y)), y]
+
+    d = ce(lin) - ce(sel)
+    got = references.paired_gain(task, sel, lin, y)
+    assert got.rows == 40
+    assert got.gain == pytest.approx(d.mean(), rel=1e-5)
+    assert got.se == pytest.approx(d.std(ddof=1) / np.sqrt(40), rel=1e-5)
+    yr = rng.normal(size=40)
+    reg = enumeration.Regression(target_std=7.0)  # the loss is in standardised units
+    pr, pl = yr + 0.1 * rng.normal(size=40), yr + rng.normal(size=40)
+    d = (pl - yr) ** 2 - (pr - yr) ** 2
+    got = references.paired_gain(reg, pr[:, None], pl[:, None], yr)
+    assert got.gain == pytest.approx(d.mean(), rel=1e-5)
+    assert got.se == pytest.approx(d.std(ddof=1) / np.sqrt(40), rel=1e-5)
+
+
+def test_decide_needs_a_loss_gain_beyond_one_standard_error():
+    paired = references.PairedGain
+    kw = dict(linear_val=0.8, constant_val=0.1, higher_is_better=True, metric="m",
+              input_independent=False)
+    d = references.decide(selected_val=0.9, paired=paired(0.05, 0.01, 100), **kw)
+    assert d == ("selected", None, ())
+    # Better in the metric, but a loss gain within one SE of the per-row differences: the
+    # validation rows cannot tell it from noise, so the linear model is returned.
+    d = references.decide(selected_val=0.9, paired=paired(0.01, 0.02, 100), **kw)
+    assert d.model == "linear" and "1 standard error" in d.reason and "100 rows" in d.reason
+    assert d.warnings[-1].endswith("returning the linear model instead")
+    # exactly one SE is not more than one SE
+    assert references.decide(selected_val=0.9, paired=paired(0.02, 0.02, 100),
+                             **kw).model == "linear"
+    assert references.decide(selected_val=0.9, paired=paired(0.021, 0.02, 100),
+                             **kw).model == "selected"
+    assert references.decide(selected_val=0.9, paired=paired(0.021, 0.01, 100), margin_se=2.5,
+                             **kw).model == "linear"
+    # the metric still comes first: a tie in accuracy goes to the linear model
+    d = references.decide(selected_val=0.8, paired=paired(1.0, 0.01, 100), **kw)
+    assert d.model == "linear" and "does not beat the linear model on validation" in d.reason
+    d = references.decide(selected_val=0.9, paired=paired(0.0, 0.02, 100), fallback=False, **kw)
+    assert d.model == "selected" and "anyway" in d.warnings[0]
+
+
+def test_review_compares_per_row_losses_and_writes_no_outputs():
+    import json
+
+    ds = _classification(3)
+    task = enumeration.task_of(ds)
+    splits = enumeration.splits_of(ds)
+    baselines = references.baselines_of(task, splits, gradient_boosting=False, outputs=True)
+    lin = baselines["linear"]
+    assert lin["val_out"].shape == (len(ds.y_val), 3)
+    assert float(task.loss(lin["val_out"], ds.y_val)) == pytest.approx(lin["val_loss"])
+    summary = {"val_metric": 0.99, "test_metric": 0.9, "params": 40}
+    # the selection's outputs: the linear model's, sharpened (better on every row it gets
+    # right, worse on the others)
+    out, decision = references.review(summary, task, splits, baselines=baselines,
+                                      selected_out=3 * lin["val_out"])
+    vs = out["versus_linear"]
+    expect = references.paired_gain(task, 3 * lin["val_out"], lin["val_out"], ds.y_val)
+    assert vs["val_loss_gain"] == expect.gain and vs["se"] == expect.se
+    assert vs["rows"] == len(ds.y_val) and vs["decides"] is False and vs["margin_se"] is None
+    json.dumps(out)  # no arrays in what is written
+    assert "val_out" not in out["baselines"]["linear"]
+    # by default the record does not decide: the same outputs are no loss gain, yet the
+    # higher metric keeps the selection ...
+    out, decision = references.review(summary, task, splits, baselines=baselines,
+                                      selected_out=lin["val_out"])
+    assert out["versus_linear"]["val_loss_gain"] == 0.0 and decision.model == "selected"
+    # ... and with margin_se the loss gain must exceed it (0 is not more than 1 SE)
+    out, decision = references.review(summary, task, splits, baselines=baselines,
+                                      selected_out=lin["val_out"], margin_se=1.0)
+    assert decision.model == "linear" and out["fallback"]["selected_val"] == 0.99
+    assert out["versus_linear"]["decides"] is True and "standard error" in decision.reason
+    # without outputs, nothing is recorded (budgets that keep no outputs)
+    out, decision = references.review(summary, task, splits, baselines=baselines)
+    assert decision.model == "selected" and "versus_linear" not in out
+
+
 def test_review_falls_back_with_the_selection_recorded():
     ds = _classification(3)
     task = enumeration.task_of(ds)
@@ -181,3 +268,42 @@ def test_review_falls_back_with_the_selection_recorded():
                                 choice=space.vertex([2, 0, 0]), gradient_boosting=False)
     assert kept["model"] == "selected structure" and "fallback" not in kept
     assert kept["val_metric"] == 0.99 and kept["warnings"] == []
+
+
+def test_a_search_writes_predictions_that_reproduce_its_decision(tmp_path):
+    # End to end (a tiny ensembling budget on a CSV): predictions.npz holds the outputs of
+    # the selection, the candidates and the references; the paired comparison recomputed
+    # from them is the one in summary.json, and returned_* is the model the run returned.
+    from structsel.search import runner
+
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(240, 3))
+    y = (x[:, 0] * x[:, 1] + 0.3 * x[:, 2] > 0).astype(int)
+    path = tmp_path / "t.csv"
+    path.write_text("a,b,c,y\n" + "".join(f"{r[0]:.4f},{r[1]:.4f},{r[2]:.4f},{v}\n"
+                                          for r, v in zip(x, y)))
+    config = runner.search_config(data=str(path), target="y", space="mlp1", method="random",
+                                  budget="tiny,retrain_seeds=2,ensemble=1,train_steps=60",
+                                  gradient_boosting=False, workdir=str(tmp_path / "run"))
+    summary = runner.run_search(config, progress=False)
+    pred = np.load(tmp_path / "run" / "predictions.npz")
+    task = enumeration.Classification(2)
+    assert pred["y_val"].shape == (len(pred["selected_val"]),)
+    assert pred["candidates_val"].shape[0] == len(pred["candidates"])
+    i = [list(c) for c in pred["candidates"]].index(summary["choice"])
+    np.testing.assert_array_equal(pred["selected_val"], pred["candidates_val"][i])
+    assert float(task.metric(pred["selected_val"], pred["y_val"])) == pytest.approx(
+        summary.get("fallback", {}).get("selected_val", summary["val_metric"]))
+    expect = references.paired_gain(task, pred["selected_val"], pred["linear_val"],
+                                    pred["y_val"])
+    vs = summary["versus_linear"]
+    assert vs["val_loss_gain"] == pytest.approx(expect.gain, rel=1e-6)
+    assert vs["se"] == pytest.approx(expect.se, rel=1e-6)
+    returned = "linear" if summary["model"] == "linear" else "selected"
+    np.testing.assert_array_equal(pred["returned_test"], pred[f"{returned}_test"])
+    assert float(task.metric(pred["returned_test"], pred["y_test"])) == pytest.approx(
+        summary["test_metric"], abs=1e-6)
+    beats = summary.get("fallback", {}).get("selected_val", summary["val_metric"]) > \
+        summary["baselines"]["linear"]["val_metric"]  # the metric decides (the default)
+    assert (summary["model"] == "linear") == (not beats) and vs["decides"] is False
+    assert "versus linear" in runner.format_summary(summary)

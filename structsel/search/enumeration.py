@@ -46,6 +46,10 @@ class Classification:
         """-1/n sum_i log softmax(f(x_i))_{y_i}."""
         return optax.softmax_cross_entropy_with_integer_labels(out, y).mean()
 
+    def row_losses(self, out, y):
+        """The per-row terms of `loss`: -log softmax(f(x_i))_{y_i}, shape (n,)."""
+        return optax.softmax_cross_entropy_with_integer_labels(out, y)
+
     def metric(self, out, y):
         """Accuracy 1/n sum_i [argmax f(x_i) = y_i]."""
         return jnp.mean(jnp.argmax(out, -1) == y)
@@ -72,6 +76,10 @@ class Regression:
     def loss(self, out, y):
         """1/n sum_i (f(x_i) - y_i)^2 (standardised units)."""
         return jnp.mean((out[..., 0] - y) ** 2)
+
+    def row_losses(self, out, y):
+        """The per-row terms of `loss`: (f(x_i) - y_i)^2, shape (n,)."""
+        return (out[..., 0] - y) ** 2
 
     def metric(self, out, y):
         """RMSE = target_std * sqrt(1/n sum_i (f(x_i) - y_i)^2)."""

@@ -13,7 +13,9 @@ compares its selection with before returning it).
   logistic regression, L-BFGS; ridge regression in closed form; both with scikit-learn's
   default penalties, so they are the models a practitioner would fit first), and, when
   scikit-learn is installed, HistGradientBoosting at its defaults.
-- `decide`: keep the selection only if it beats the linear model on validation.
+- `decide`: keep the selection only if it beats the linear model on validation (the
+  metric; optionally also the per-row validation loss by more than `margin_se` standard
+  errors, `paired_gain`: measured in session 24 and not the default, docs/tables.md).
 
 Pure functions; the caller (`runner.run_search`) owns the jit boundary of the linear fit
 (`jit=`); the scoring of outputs is one small jitted program per task (`_scorer`).
@@ -175,28 +177,36 @@ def _scorer(task) -> Callable:
                                            task.loss(ov, yv)))
 
 
-def _scores(task, out_val, out_test, data) -> dict:
-    val, test, loss = _scorer(task)(jnp.asarray(out_val, jnp.float32), data.y_val,
-                                    jnp.asarray(out_test, jnp.float32), data.y_test)
-    return {"val_metric": float(val), "test_metric": float(test), "val_loss": float(loss)}
+def _scores(task, out_val, out_test, data, outputs: bool = False) -> dict:
+    """val / test metric and val loss of a model's outputs on the split; with `outputs`
+    also the outputs themselves ("val_out", "test_out": float32 numpy arrays)."""
+    out_val, out_test = (jnp.asarray(o, jnp.float32) for o in (out_val, out_test))
+    val, test, loss = _scorer(task)(out_val, data.y_val, out_test, data.y_test)
+    scores = {"val_metric": float(val), "test_metric": float(test), "val_loss": float(loss)}
+    if outputs:
+        scores.update(val_out=np.asarray(out_val), test_out=np.asarray(out_test))
+    return scores
 
 
-def reference_scores(task, data, *, jit: Callable = lambda f: f) -> dict:
+def reference_scores(task, data, *, jit: Callable = lambda f: f,
+                     outputs: bool = False) -> dict:
     """{"constant": {...}, "linear": {...}}: val / test metric, params, fit time of each.
 
     `data`: train / val / test arrays of a table (`enumeration.Splits` of 2-D features).
+    `outputs`: also each model's outputs on the validation and test rows ("val_out",
+    "test_out"; `review` takes them out of what it writes).
     """
     start = time.perf_counter()
     n_val, n_test = data.x_val.shape[0], data.x_test.shape[0]
     constant = {**_scores(task, constant_outputs(task, data.y_train, n_val),
-                          constant_outputs(task, data.y_train, n_test), data),
+                          constant_outputs(task, data.y_train, n_test), data, outputs),
                 "params": int(task.num_outputs), "fit_time_s": time.perf_counter() - start,
                 "model": "class prior" if task.name == "classification" else "training mean"}
     start = time.perf_counter()
     params = jit(lambda x, y: fit_linear(task, x, y))(data.x_train, data.y_train)
     k = task.num_outputs
     linear = {**_scores(task, linear_outputs(params, data.x_val, k),
-                        linear_outputs(params, data.x_test, k), data),
+                        linear_outputs(params, data.x_test, k), data, outputs),
               "params": linear_num_params(task, data.x_train.shape[1]),
               "fit_time_s": time.perf_counter() - start,
               "model": ("logistic regression (L2, C = 1)" if task.name == "classification"
@@ -204,7 +214,7 @@ def reference_scores(task, data, *, jit: Callable = lambda f: f) -> dict:
     return {"constant": constant, "linear": linear}
 
 
-def hist_gradient_boosting(task, data, *, seed: int) -> dict | None:
+def hist_gradient_boosting(task, data, *, seed: int, outputs: bool = False) -> dict | None:
     """scikit-learn's HistGradientBoosting{Classifier,Regressor} at its defaults
     (random_state=seed) on the same split; None when scikit-learn is not installed.
 
@@ -220,10 +230,11 @@ def hist_gradient_boosting(task, data, *, seed: int) -> dict | None:
     x_train, y_train = np.asarray(data.x_train), np.asarray(data.y_train)
     with threadpool_limits(1):
         return _fit_hgb(task, data, x_train, y_train, seed, start,
-                        HistGradientBoostingClassifier, HistGradientBoostingRegressor)
+                        HistGradientBoostingClassifier, HistGradientBoostingRegressor, outputs)
 
 
-def _fit_hgb(task, data, x_train, y_train, seed, start, classifier, regressor) -> dict:
+def _fit_hgb(task, data, x_train, y_train, seed, start, classifier, regressor,
+             outputs: bool = False) -> dict:
     if task.name == "classification":
         model = classifier(random_state=seed).fit(x_train, y_train)
 
@@ -236,7 +247,7 @@ def _fit_hgb(task, data, x_train, y_train, seed, start, classifier, regressor) -
 
         def out(x):
             return model.predict(np.asarray(x))[:, None]
-    return {**_scores(task, out(data.x_val), out(data.x_test), data),
+    return {**_scores(task, out(data.x_val), out(data.x_test), data, outputs),
             "fit_time_s": time.perf_counter() - start,
             "model": f"{type(model).__name__}(random_state={seed})"}
 
@@ -251,13 +262,40 @@ class Decision(NamedTuple):
     warnings: tuple[str, ...]     # lines for the terminal, also written to summary.json
 
 
+class PairedGain(NamedTuple):
+    """The linear model's mean per-row validation loss minus the selection's (positive:
+    the selection is better) and the standard error of that mean."""
+
+    gain: float
+    se: float
+    rows: int
+
+
+def paired_gain(task, selected_out, linear_out, y) -> PairedGain:
+    """Paired comparison of two models' outputs on the same validation rows: d_i =
+    l_lin(x_i) - l_sel(x_i) with l the task's per-row loss (cross-entropy of the
+    predicted class probabilities, or squared error in standardised units); gain =
+    mean d, se = std(d, ddof=1) / sqrt(n)."""
+    d = (np.asarray(task.row_losses(jnp.asarray(linear_out, jnp.float32), y), np.float64)
+         - np.asarray(task.row_losses(jnp.asarray(selected_out, jnp.float32), y), np.float64))
+    n = d.shape[0]
+    se = float(d.std(ddof=1) / np.sqrt(n)) if n > 1 else float("inf")
+    return PairedGain(float(d.mean()), se, int(n))
+
+
 def decide(*, selected_val: float, linear_val: float, constant_val: float,
            higher_is_better: bool, metric: str, input_independent: bool | None,
-           fallback: bool = True) -> Decision:
-    """Keep the selection iff it beats the linear model on validation (strictly; a tie goes
-    to the linear model); warn whenever the selection loses to it, whenever the selection's
-    output does not depend on the input, and whenever the returned model does not beat the
-    constant predictor. `fallback=False` keeps the selection anyway (still warned)."""
+           fallback: bool = True, paired: PairedGain | None = None,
+           margin_se: float = 1.0) -> Decision:
+    """Keep the selection iff it beats the linear model on validation: strictly in the
+    metric (a tie goes to the linear model) and, when `paired` is given, in the per-row
+    validation loss by more than `margin_se` standard errors (Occam's razor against the
+    simplest member of every structure; not the default of `review`: on tables in
+    session 24 it returned the linear model where networks were 5-30 points better,
+    because a few confident errors dominate a cross-entropy). Warn whenever the selection loses to it,
+    whenever the selection's output does not depend on the input, and whenever the
+    returned model does not beat the constant predictor. `fallback=False` keeps the
+    selection anyway (still warned)."""
     def better(a, b):
         return a > b if higher_is_better else a < b
 
@@ -269,6 +307,12 @@ def decide(*, selected_val: float, linear_val: float, constant_val: float,
     if not better(selected_val, linear_val):
         reason = (f"the selected structure does not beat the linear model on validation "
                   f"({metric} {selected_val:.4g} vs {linear_val:.4g})")
+    elif paired is not None and not paired.gain > margin_se * paired.se:
+        reason = (f"the selected structure's validation loss is not lower than the linear "
+                  f"model's by more than {margin_se:g} standard error of the per-row "
+                  f"differences (gain {paired.gain:.3g}, SE {paired.se:.3g} over "
+                  f"{paired.rows} rows; {metric} {selected_val:.4g} vs {linear_val:.4g})")
+    if reason is not None:
         warnings.append(reason + ("; returning the linear model instead" if fallback
                                   else "; returning it anyway (fallback disabled)"))
     elif input_independent:
@@ -292,14 +336,15 @@ def linear_structure(task, *, num_features: int, dataset: str, replaces: dict,
 
 
 def baselines_of(task, data, *, seed: int = 0, gradient_boosting: bool = True,
-                 jit: Callable = lambda f: f) -> dict:
+                 jit: Callable = lambda f: f, outputs: bool = False) -> dict:
     """{"constant", "linear"[, "hist_gradient_boosting"]}: each reference's val / test
-    metric on `data` (`enumeration.Splits`; features flattened to a table (n, d))."""
+    metric on `data` (`enumeration.Splits`; features flattened to a table (n, d));
+    `outputs`: with each model's outputs ("val_out", "test_out")."""
     flat = data._replace(**{k: jnp.reshape(getattr(data, k), (getattr(data, k).shape[0], -1))
                             for k in ("x_train", "x_val", "x_test")})
-    baselines = reference_scores(task, flat, jit=jit)
+    baselines = reference_scores(task, flat, jit=jit, outputs=outputs)
     if gradient_boosting:
-        hgb = hist_gradient_boosting(task, flat, seed=seed)
+        hgb = hist_gradient_boosting(task, flat, seed=seed, outputs=outputs)
         if hgb is not None:
             baselines["hist_gradient_boosting"] = hgb
     return baselines
@@ -307,7 +352,8 @@ def baselines_of(task, data, *, seed: int = 0, gradient_boosting: bool = True,
 
 def review(summary: dict, task, data, *, family=None, choice=None, seed: int = 0,
            fallback: bool = True, gradient_boosting: bool = True,
-           jit: Callable = lambda f: f, baselines: dict | None = None) -> tuple[dict, Decision]:
+           jit: Callable = lambda f: f, baselines: dict | None = None,
+           selected_out=None, margin_se: float | None = None) -> tuple[dict, Decision]:
     """The summary of a search with its references and the decision applied.
 
     Adds `baselines` ({"constant", "linear"[, "hist_gradient_boosting"]}: val / test metric
@@ -317,19 +363,33 @@ def review(summary: dict, task, data, *, family=None, choice=None, seed: int = 0
     and the linear model's metrics) with `params` / `val_metric` / `test_metric` the linear
     model's. `data`: `enumeration.Splits` of the split's features as a table (n, d).
     `baselines`: those of `baselines_of` on `data` when the caller computed them already
-    (the runner does, next to the search), else computed here.
+    (the runner does, next to the search), else computed here; outputs in them are used
+    and not written. `selected_out`: the selection's outputs on the validation rows; with
+    it the per-row validation losses are compared (`paired_gain`) and recorded as
+    `versus_linear`; `margin_se`: None (default: the record does not decide), or the
+    standard errors the loss gain must exceed for the selection to be kept (`decide`).
     """
-    if baselines is None:
+    if baselines is None or (selected_out is not None and "val_out" not in baselines["linear"]):
         baselines = baselines_of(task, data, seed=seed, gradient_boosting=gradient_boosting,
-                                 jit=jit)
+                                 jit=jit, outputs=selected_out is not None)
     independent = None if choice is None else not depends_on_input(family, choice)
     linear, constant = baselines["linear"], baselines["constant"]
+    paired = (None if selected_out is None else
+              paired_gain(task, selected_out, linear["val_out"], data.y_val))
     decision = decide(selected_val=summary["val_metric"], linear_val=linear["val_metric"],
                       constant_val=constant["val_metric"],
                       higher_is_better=task.higher_is_better, metric=task.metric_name,
-                      input_independent=independent, fallback=fallback)
-    out = {**summary, "baselines": baselines, "input_independent": independent,
+                      input_independent=independent, fallback=fallback,
+                      paired=None if margin_se is None else paired,
+                      margin_se=1.0 if margin_se is None else margin_se)
+    written = {name: {k: v for k, v in ref.items() if k not in ("val_out", "test_out")}
+               for name, ref in baselines.items()}
+    out = {**summary, "baselines": written, "input_independent": independent,
            "model": "selected structure", "warnings": list(decision.warnings)}
+    if paired is not None:
+        out["versus_linear"] = {"val_loss_gain": paired.gain, "se": paired.se,
+                                "rows": paired.rows, "decides": margin_se is not None,
+                                "margin_se": margin_se}
     if decision.model == "linear":
         out.update(model="linear", params=linear["params"], val_metric=linear["val_metric"],
                    test_metric=linear["test_metric"], test_metric_std=0.0, fallback={

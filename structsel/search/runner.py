@@ -566,6 +566,12 @@ def format_summary(summary: dict) -> str:
         extra = f"  ({b['params']} params)" if "params" in b else ""
         rows.append((f"baseline {name}", f"val {b['val_metric']:.4g}  test "
                                          f"{b['test_metric']:.4g}{extra}"))
+    vs = summary.get("versus_linear")
+    if vs:
+        rows.append(("versus linear", (
+            f"the selection's validation loss per row is lower by {vs['val_loss_gain']:.4g} "
+            f"(SE {vs['se']:.2g}, {vs['rows']} rows)"
+            + ("" if vs["decides"] else "; recorded, the metric decides"))))
     if summary.get("classes") and any(isinstance(c, str) for c in summary["classes"]):
         rows.append(("classes", ", ".join(f"{i}: {c}" for i, c in enumerate(summary["classes"]))))
     width = max(len(k) for k, _ in rows)
@@ -709,7 +715,7 @@ def _search_and_write(run, config, ds, problem, method, progress, start, *, outc
                 outputs=config.budget.ensemble, size=retrainer.min_size)
         baselines = pool.submit(references.baselines_of, problem.task, enumeration.splits_of(ds),
                                 seed=config.seed, gradient_boosting=config.gradient_boosting,
-                                jit=jax.jit)
+                                jit=jax.jit, outputs=True)
         checkpoints = (run.path("checkpoints") if config.checkpoint_dir is None
                        else pathlib.Path(config.checkpoint_dir))
         if outcome is None:
@@ -739,6 +745,7 @@ def _search_and_write(run, config, ds, problem, method, progress, start, *, outc
                        "the search's minibatch rows" if minibatched else
                        "nothing: a full-batch search")
             base["data_parallel"] = {"devices": int(problem.mesh.size), "sharded": sharded}
+        predictions = {}  # outputs on the validation / test rows, for predictions.npz
         if outcome.choices is None:  # a method with its own structure space (AdaNet)
             report = outcome.extra["adanet"]
             summary = {**base, "space": "adanet", "selected": {
@@ -753,16 +760,19 @@ def _search_and_write(run, config, ds, problem, method, progress, start, *, outc
             if prewarmed is not None:
                 prewarmed.result()  # compiled once, not again by a call racing it
             summary = _retrain_selected(final, retrainer, outcome, run, config, k_retrain, base,
-                                        search_space=problem.space)
+                                        search_space=problem.space, predictions=predictions)
             summary = _screen_features(final, outcome, run, config, k_retrain, summary,
-                                       evaluator=retrainer)
+                                       evaluator=retrainer, predictions=predictions)
         # Compare with the constant and linear references (and HistGradientBoosting) on the
         # same split; return the linear model when the selection does not beat it.
+        baselines = baselines.result()
         summary, decision = references.review(
             summary, problem.task, enumeration.splits_of(ds), family=final.space.family,
             choice=final.space.vertex(summary["choice"]) if "choice" in summary else None,
             seed=config.seed, fallback=config.fallback,
-            gradient_boosting=config.gradient_boosting, jit=jax.jit, baselines=baselines.result())
+            gradient_boosting=config.gradient_boosting, jit=jax.jit, baselines=baselines,
+            selected_out=predictions.get("selected_val"))
+        _write_predictions(run, ds, baselines, predictions, decision)
         summary["warnings"] = divergence_warnings + summary["warnings"]
         if ds.classes is not None:
             summary["classes"] = list(ds.classes)
@@ -784,6 +794,24 @@ def _search_and_write(run, config, ds, problem, method, progress, start, *, outc
         if not batched:  # finished: summary.json says so (a group's are its caller's)
             shutil.rmtree(checkpoints, ignore_errors=True)
         return summary
+
+
+def _write_predictions(run, ds, baselines: dict, predictions: dict, decision) -> None:
+    """predictions.npz: the outputs (log class probabilities, or predictions in
+    standardised units) on the validation and test rows of the returned model
+    (`returned_*`), of the selection (`selected_*`: the deep ensemble, on the kept
+    columns), of every retrained candidate (`candidates_*`, rows of `candidates`), of the
+    all-column and subset models of the screening, and of the references, with `y_val` /
+    `y_test`: every decision of the run can be recomputed from it."""
+    arrays = {"y_val": np.asarray(ds.y_val), "y_test": np.asarray(ds.y_test), **predictions}
+    for name, ref in baselines.items():
+        if "val_out" in ref:
+            arrays.update({f"{name}_val": ref["val_out"], f"{name}_test": ref["test_out"]})
+    source = "linear" if decision.model == "linear" else "selected"
+    if f"{source}_val" in arrays:
+        arrays.update(returned_val=arrays[f"{source}_val"],
+                      returned_test=arrays[f"{source}_test"])
+    np.savez_compressed(run.path("predictions.npz"), **arrays)
 
 
 def _proposals(method, config) -> int:
@@ -856,12 +884,14 @@ def _check_divergence(outcome, run) -> list[str]:
 
 
 def _retrain_selected(problem, evaluator, outcome, run, config, key, base, *,
-                      search_space) -> dict:
+                      search_space, predictions: dict | None = None) -> dict:
     """Retrains every distinct proposal (restarts x the path's c values) from scratch, keeps
     the best by validation metric (`selection.select`: exact ties go to the ensemble's
     lower validation loss when the budget ensembles, then to fewer parameters), scores it
     against the enumeration table and writes structure.json, front.json and the figures. `problem` is at the final width
-    (`final_problem`); `search_space` names the ops of the searched Gamma."""
+    (`final_problem`); `search_space` names the ops of the searched Gamma. `predictions`:
+    a dict that receives the ensembles' outputs (candidates_*, selected_*) when the budget
+    ensembles."""
     from structsel.search import selection as sel
 
     proposals = np.asarray(outcome.choices)
@@ -872,6 +902,11 @@ def _retrain_selected(problem, evaluator, outcome, run, config, key, base, *,
                         ensemble=(problem.task, problem.data) if config.budget.ensemble
                         else None)
     best, choice = chosen.best, chosen.choices[chosen.best]
+    if predictions is not None and chosen.ensemble_val_out is not None:
+        predictions.update(candidates=chosen.choices, candidates_val=chosen.ensemble_val_out,
+                           candidates_test=chosen.ensemble_test_out,
+                           selected_val=chosen.ensemble_val_out[best],
+                           selected_test=chosen.ensemble_test_out[best])
     runs = [i for i, c in enumerate(proposals) if np.array_equal(c, choice)]
     space = problem.space
     gamma = outcome.gamma[runs[0]]
@@ -926,7 +961,8 @@ def _retrain_selected(problem, evaluator, outcome, run, config, key, base, *,
     return summary
 
 
-def _screen_features(problem, outcome, run, config, key, summary, *, evaluator) -> dict:
+def _screen_features(problem, outcome, run, config, key, summary, *, evaluator,
+                     predictions: dict | None = None) -> dict:
     """Budget `feature_screening` (tables): when the search's input relevances propose a
     group of columns (`features.propose`: Otsu's upper group), retrains the selected
     structure on those columns alone and keeps it when its validation
@@ -937,7 +973,9 @@ def _screen_features(problem, outcome, run, config, key, summary, *, evaluator) 
     `key` is the candidates' retraining key on purpose: a paired comparison, the subset's
     models see the same minibatch rows and dropout masks as the all-column ones.
     `evaluator`: the candidates' (at the final width); the subset trains with its
-    compiled program, the dropped columns masked (`Evaluator(columns=)`), not retraced."""
+    compiled program, the dropped columns masked (`Evaluator(columns=)`), not retraced.
+    `predictions`: receives the subset ensemble's outputs (subset_*, all_columns_*) and,
+    when it is kept, makes them the selection's (selected_*)."""
     from structsel.search import selection as sel
 
     r = outcome.extra.get("input_relevance")
@@ -975,6 +1013,16 @@ def _screen_features(problem, outcome, run, config, key, summary, *, evaluator) 
     record["all"] = {"val_metric": summary["val_metric"], "test_metric": summary["test_metric"],
                      "params": summary["params"], "val_loss": loss_all}
     record["time_s"] = time.perf_counter() - start  # the subset's retraining
+    if predictions is not None and chosen.ensemble_val_out is not None:
+        predictions.update(subset_columns=np.asarray(kept),
+                           subset_val=chosen.ensemble_val_out[0],
+                           subset_test=chosen.ensemble_test_out[0])
+        if "selected_val" in predictions:
+            predictions.update(all_columns_val=predictions["selected_val"],
+                               all_columns_test=predictions["selected_test"])
+        if better:
+            predictions.update(selected_val=chosen.ensemble_val_out[0],
+                               selected_test=chosen.ensemble_test_out[0])
     if not better:
         summary["features"] = {**record, "reason": "the proposed columns were not better on "
                                                    "validation"}

@@ -45,6 +45,8 @@ class Selection(NamedTuple):
     ensemble_val: np.ndarray | None = None   # (N,) metric of the seeds' deep ensemble
     ensemble_test: np.ndarray | None = None
     ensemble_val_loss: np.ndarray | None = None   # (N,) the ensemble's validation loss
+    ensemble_val_out: np.ndarray | None = None    # (N, val rows, outputs) its outputs
+    ensemble_test_out: np.ndarray | None = None   # (N, test rows, outputs)
 
 
 RULES = ("best", "one_se")
@@ -85,14 +87,15 @@ def one_se_choice(val, params, *, higher_is_better: bool, rule: str = "one_se",
 
 @functools.lru_cache(maxsize=16)
 def _ensemble_scorer(task):
-    """jit((val_out, y_val, test_out, y_test) -> (val metric, test metric, val loss)) of
-    each candidate's deep ensemble; outputs (N, S, rows, outputs). One compiled program
-    instead of the eager dispatch of each op."""
+    """jit((val_out, y_val, test_out, y_test) -> (val metric, test metric, val loss, val
+    outputs, test outputs)) of each candidate's deep ensemble; outputs (N, S, rows,
+    outputs) in, the ensembles' (N, rows, outputs) out. One compiled program instead of
+    the eager dispatch of each op."""
     def scores(val_out, y_val, test_out, y_test):
         ens_val, ens_test = jax.vmap(task.ensemble)(val_out), jax.vmap(task.ensemble)(test_out)
         return (jax.vmap(task.metric, (0, None))(ens_val, y_val),
                 jax.vmap(task.metric, (0, None))(ens_test, y_test),
-                jax.vmap(task.loss, (0, None))(ens_val, y_val))
+                jax.vmap(task.loss, (0, None))(ens_val, y_val), ens_val, ens_test)
     return jax.jit(scores)
 
 
@@ -110,11 +113,13 @@ def select(evaluator, space, candidates, *, keys, x_train, higher_is_better: boo
     choices = np.unique(np.asarray(candidates, np.int32), axis=0)
     scores = evaluator(choices, keys, outputs=ensemble is not None)
     params = np.asarray([space.num_params(c, x_train) for c in choices])
-    ens_val = ens_test = ens_loss = None
+    ens_val = ens_test = ens_loss = val_out = test_out = None
     if ensemble is not None:
         task, data = ensemble
-        ens_val, ens_test, ens_loss = (np.asarray(a, float) for a in _ensemble_scorer(task)(
-            scores["val_out"], data.y_val, scores["test_out"], data.y_test))
+        *metrics, val_out, test_out = _ensemble_scorer(task)(
+            scores["val_out"], data.y_val, scores["test_out"], data.y_test)
+        ens_val, ens_test, ens_loss = (np.asarray(a, float) for a in metrics)
+        val_out, test_out = np.asarray(val_out), np.asarray(test_out)
         best, tol = one_se_choice(ens_val[:, None], params, higher_is_better=higher_is_better,
                                   rule="best", loss=ens_loss)
     else:
@@ -122,7 +127,7 @@ def select(evaluator, space, candidates, *, keys, x_train, higher_is_better: boo
                                   higher_is_better=higher_is_better, rule=rule)
     return Selection(choices, params, np.asarray(scores["val_metric"]),
                      np.asarray(scores["test_metric"]), best, tol, higher_is_better,
-                     ens_val, ens_test, ens_loss)
+                     ens_val, ens_test, ens_loss, val_out, test_out)
 
 
 def front_record(selection: Selection, space, candidates, labels: Sequence) -> dict:
