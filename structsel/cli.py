@@ -93,9 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: the path 1,0.3,0.1,0.03,0.01)")
     s.add_argument("--no-fallback", action="store_true",
                    help="return the selected structure even when it does not beat the "
-                        "linear model on validation (in the metric and, when the budget "
-                        "ensembles, in the per-row validation loss by more than one "
-                        "standard error; the warning is still printed)")
+                        "linear model on validation (the warning is still printed)")
     s.add_argument("--no-gradient-boosting", action="store_true",
                    help="skip the HistGradientBoosting baseline (fitted by default when "
                         "scikit-learn is installed)")

@@ -292,10 +292,10 @@ def decide(*, selected_val: float, linear_val: float, constant_val: float,
     validation loss by more than `margin_se` standard errors (Occam's razor against the
     simplest member of every structure; not the default of `review`: on tables in
     session 24 it returned the linear model where networks were 5-30 points better,
-    because a few confident errors dominate a cross-entropy). Warn whenever the selection loses to it,
-    whenever the selection's output does not depend on the input, and whenever the
-    returned model does not beat the constant predictor. `fallback=False` keeps the
-    selection anyway (still warned)."""
+    because a few confident errors dominate a cross-entropy). Warn whenever the
+    selection loses to it, whenever the selection's output does not depend on the
+    input, and whenever the returned model does not beat the constant predictor.
+    `fallback=False` keeps the selection anyway (still warned)."""
     def better(a, b):
         return a > b if higher_is_better else a < b
 
@@ -380,8 +380,8 @@ def review(summary: dict, task, data, *, family=None, choice=None, seed: int = 0
                       constant_val=constant["val_metric"],
                       higher_is_better=task.higher_is_better, metric=task.metric_name,
                       input_independent=independent, fallback=fallback,
-                      paired=None if margin_se is None else paired,
-                      margin_se=1.0 if margin_se is None else margin_se)
+                      **({} if margin_se is None else {"paired": paired,
+                                                       "margin_se": margin_se}))
     written = {name: {k: v for k, v in ref.items() if k not in ("val_out", "test_out")}
                for name, ref in baselines.items()}
     out = {**summary, "baselines": written, "input_independent": independent,
