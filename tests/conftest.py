@@ -39,3 +39,17 @@ def interrupt_after_save(monkeypatch):
         finally:
             monkeypatch.setattr(ckpt_lib.Checkpointer, "save", save)
     return interrupting
+
+
+@pytest.fixture
+def interaction_csv(tmp_path):
+    """A 240-row CSV (columns a, b, c, target y = [a b + 0.3 c > 0]) in tmp_path."""
+    import numpy as np
+
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(240, 3))
+    y = (x[:, 0] * x[:, 1] + 0.3 * x[:, 2] > 0).astype(int)
+    path = tmp_path / "t.csv"
+    path.write_text("a,b,c,y\n" + "".join(f"{r[0]:.4f},{r[1]:.4f},{r[2]:.4f},{v}\n"
+                                          for r, v in zip(x, y)))
+    return path

@@ -270,18 +270,13 @@ def test_review_falls_back_with_the_selection_recorded():
     assert kept["val_metric"] == 0.99 and kept["warnings"] == []
 
 
-def test_a_search_writes_predictions_that_reproduce_its_decision(tmp_path):
+def test_a_search_writes_predictions_that_reproduce_its_decision(tmp_path, interaction_csv):
     # End to end (a tiny ensembling budget on a CSV): predictions.npz holds the outputs of
     # the selection, the candidates and the references; the paired comparison recomputed
     # from them is the one in summary.json, and returned_* is the model the run returned.
     from structsel.search import runner
 
-    rng = np.random.default_rng(4)
-    x = rng.normal(size=(240, 3))
-    y = (x[:, 0] * x[:, 1] + 0.3 * x[:, 2] > 0).astype(int)
-    path = tmp_path / "t.csv"
-    path.write_text("a,b,c,y\n" + "".join(f"{r[0]:.4f},{r[1]:.4f},{r[2]:.4f},{v}\n"
-                                          for r, v in zip(x, y)))
+    path = interaction_csv
     config = runner.search_config(data=str(path), target="y", space="mlp1", method="random",
                                   budget="tiny,retrain_seeds=2,ensemble=1,train_steps=60",
                                   gradient_boosting=False, workdir=str(tmp_path / "run"))

@@ -286,7 +286,7 @@ def paired_gain(task, selected_out, linear_out, y) -> PairedGain:
 def decide(*, selected_val: float, linear_val: float, constant_val: float,
            higher_is_better: bool, metric: str, input_independent: bool | None,
            fallback: bool = True, paired: PairedGain | None = None,
-           margin_se: float = 1.0) -> Decision:
+           margin_se: float = 1.0, basis: str = "validation") -> Decision:
     """Keep the selection iff it beats the linear model on validation: strictly in the
     metric (a tie goes to the linear model) and, when `paired` is given, in the per-row
     validation loss by more than `margin_se` standard errors (Occam's razor against the
@@ -295,7 +295,9 @@ def decide(*, selected_val: float, linear_val: float, constant_val: float,
     because a few confident errors dominate a cross-entropy). Warn whenever the
     selection loses to it, whenever the selection's output does not depend on the
     input, and whenever the returned model does not beat the constant predictor.
-    `fallback=False` keeps the selection anyway (still warned)."""
+    `fallback=False` keeps the selection anyway (still warned). `basis`: what the three
+    metrics were measured on, for the messages ("validation", or the cross-validation's
+    folds)."""
     def better(a, b):
         return a > b if higher_is_better else a < b
 
@@ -305,7 +307,7 @@ def decide(*, selected_val: float, linear_val: float, constant_val: float,
                         "(every path from the input passes through a zero op): it is a "
                         "constant predictor")
     if not better(selected_val, linear_val):
-        reason = (f"the selected structure does not beat the linear model on validation "
+        reason = (f"the selected structure does not beat the linear model on {basis} "
                   f"({metric} {selected_val:.4g} vs {linear_val:.4g})")
     elif paired is not None and not paired.gain > margin_se * paired.se:
         reason = (f"the selected structure's validation loss is not lower than the linear "
@@ -321,7 +323,7 @@ def decide(*, selected_val: float, linear_val: float, constant_val: float,
     returned_val = linear_val if model == "linear" else selected_val
     if not better(returned_val, constant_val):
         warnings.append(f"the returned {'linear model' if model == 'linear' else 'structure'} "
-                        f"does not beat the constant predictor on validation ({metric} "
+                        f"does not beat the constant predictor on {basis} ({metric} "
                         f"{returned_val:.4g} vs {constant_val:.4g})")
     return Decision(model, reason if model == "linear" else None, tuple(warnings))
 
@@ -353,7 +355,8 @@ def baselines_of(task, data, *, seed: int = 0, gradient_boosting: bool = True,
 def review(summary: dict, task, data, *, family=None, choice=None, seed: int = 0,
            fallback: bool = True, gradient_boosting: bool = True,
            jit: Callable = lambda f: f, baselines: dict | None = None,
-           selected_out=None, margin_se: float | None = None) -> tuple[dict, Decision]:
+           selected_out=None, margin_se: float | None = None,
+           cross_validated: dict | None = None) -> tuple[dict, Decision]:
     """The summary of a search with its references and the decision applied.
 
     Adds `baselines` ({"constant", "linear"[, "hist_gradient_boosting"]}: val / test metric
@@ -368,6 +371,9 @@ def review(summary: dict, task, data, *, family=None, choice=None, seed: int = 0
     it the per-row validation losses are compared (`paired_gain`) and recorded as
     `versus_linear`; `margin_se`: None (default: the record does not decide), or the
     standard errors the loss gain must exceed for the selection to be kept (`decide`).
+    `cross_validated`: None, or {"selected", "linear", "constant": out-of-fold metrics,
+    "folds", "rows"} (`runner`, budget `cv_rows`): the decision compares those instead of
+    the validation metrics, and `cross_validation.versus_linear` records them.
     """
     if baselines is None or (selected_out is not None and "val_out" not in baselines["linear"]):
         baselines = baselines_of(task, data, seed=seed, gradient_boosting=gradient_boosting,
@@ -376,8 +382,12 @@ def review(summary: dict, task, data, *, family=None, choice=None, seed: int = 0
     linear, constant = baselines["linear"], baselines["constant"]
     paired = (None if selected_out is None else
               paired_gain(task, selected_out, linear["val_out"], data.y_val))
-    decision = decide(selected_val=summary["val_metric"], linear_val=linear["val_metric"],
-                      constant_val=constant["val_metric"],
+    cvd = cross_validated
+    decision = decide(selected_val=cvd["selected"] if cvd else summary["val_metric"],
+                      linear_val=cvd["linear"] if cvd else linear["val_metric"],
+                      constant_val=cvd["constant"] if cvd else constant["val_metric"],
+                      basis=(f"cross-validation ({cvd['folds']} folds, {cvd['rows']} rows)"
+                             if cvd else "validation"),
                       higher_is_better=task.higher_is_better, metric=task.metric_name,
                       input_independent=independent, fallback=fallback,
                       **({} if margin_se is None else {"paired": paired,
@@ -386,6 +396,11 @@ def review(summary: dict, task, data, *, family=None, choice=None, seed: int = 0
                for name, ref in baselines.items()}
     out = {**summary, "baselines": written, "input_independent": independent,
            "model": "selected structure", "warnings": list(decision.warnings)}
+    if cvd:
+        out["cross_validation"] = {**summary.get("cross_validation", {}), **{
+            k: cvd[k] for k in ("folds", "rows", "validation_rows", "training_rows", "seed")
+            if k in cvd}, "versus_linear": {k: cvd[k] for k in ("selected", "linear",
+                                                                   "constant")}}
     if paired is not None:
         out["versus_linear"] = {"val_loss_gain": paired.gain, "se": paired.se,
                                 "rows": paired.rows, "decides": margin_se is not None,
@@ -399,4 +414,6 @@ def review(summary: dict, task, data, *, family=None, choice=None, seed: int = 0
                        "selected_params": summary["params"],
                        "linear_val": linear["val_metric"],
                        "linear_test": linear["test_metric"]})
+        if cvd:
+            out["fallback"].update(selected_cv=cvd["selected"], linear_cv=cvd["linear"])
     return out, decision

@@ -27,7 +27,7 @@ from structsel import data as data_lib
 from structsel import devices as devices_lib
 from structsel import runs as runs_lib
 from structsel.runs import Run
-from structsel.search import enumeration, features, references, spaces
+from structsel.search import crossval, enumeration, features, references, spaces
 from structsel.search.enumeration import TrainConfig, train_structures
 
 
@@ -79,6 +79,12 @@ class Budget:
     # relevances set clearly apart (`structsel.search.features`), kept when better on
     # validation
     feature_screening: bool = False
+    # small tables: with fewer training + validation rows than this (0: never), the
+    # choice of the candidate, of the screening's columns and between the selection and
+    # the linear model are made on out-of-fold outputs of K folds of those rows
+    # (`structsel.search.crossval`; only with `ensemble`, whose outputs the folds score);
+    # the returned models are unchanged
+    cv_rows: int = 0
     chunk: int = 32              # structures per call of the jitted evaluator
     mnist1d_samples: int = 4000  # size of the generated mnist1d set
     # restarts of a gradient search: one vmapped program, or lax.map (one after the other);
@@ -100,7 +106,8 @@ class Budget:
                     raise ValueError(f"budget {f.name} must be 0 or 1, got {value!r}")
                 continue
             lower = 0 if f.name in ("batch_size", "evaluations", "warmup_steps",
-                                    "eval_every", "search_batch_size", "retrain_width") else 1
+                                    "eval_every", "search_batch_size", "retrain_width",
+                                    "cv_rows") else 1
             if f.type in ("int",) and (not isinstance(value, int) or value < lower):
                 raise ValueError(f"budget {f.name} must be an int >= {lower}, got {value!r}")
             if f.name == "weight_decay":
@@ -152,11 +159,13 @@ BUDGETS = {
     # tables (space "tabular"): stream width 16 (blocks 16 / 64 / 256 wide), minibatch
     # AdamW with warm-up + cosine decay and early stopping on the validation metric, the
     # returned model retrained at width 64 with dropout 0.1 on the blocks' hidden units;
-    # the search's inner steps on minibatches of 512 rows (full batch on smaller tables).
+    # the search's inner steps on minibatches of 512 rows (full batch on smaller tables);
+    # on tables of fewer than 1000 training + validation rows the decisions cross-validated.
     "tabular": Budget("tabular", width=16, train_steps=1500, learning_rate=3e-3,
                       batch_size=128, weight_decay=1e-2, schedule="cosine", warmup_steps=75,
                       eval_every=50, search_steps=100, inner_steps=5, search_batch_size=512,
-                      retrain_width=64, dropout=0.1, ensemble=True, feature_screening=True),
+                      retrain_width=64, dropout=0.1, ensemble=True, feature_screening=True,
+                      cv_rows=1000),
 }
 
 
@@ -566,6 +575,16 @@ def format_summary(summary: dict) -> str:
         extra = f"  ({b['params']} params)" if "params" in b else ""
         rows.append((f"baseline {name}", f"val {b['val_metric']:.4g}  test "
                                          f"{b['test_metric']:.4g}{extra}"))
+    cv = summary.get("cross_validation")
+    if cv:
+        against = cv.get("versus_linear")
+        rows.append(("cross-validation", (
+            f"{cv['folds']} folds of the {cv['training_rows'] + cv['validation_rows']} training "
+            f"+ validation rows decided ({cv['rows']} out-of-fold rows): candidate "
+            + ("changed from the split's" if cv.get("changed") else "as on the split")
+            + ("" if not against else
+               f"; {summary['metric']} selection {against['selected']:.4g}, linear "
+               f"{against['linear']:.4g}"))))
     vs = summary.get("versus_linear")
     if vs:
         rows.append(("versus linear", (
@@ -746,6 +765,7 @@ def _search_and_write(run, config, ds, problem, method, progress, start, *, outc
                        "nothing: a full-batch search")
             base["data_parallel"] = {"devices": int(problem.mesh.size), "sharded": sharded}
         predictions = {}  # outputs on the validation / test rows, for predictions.npz
+        cv = _cv_state(config, final)
         if outcome.choices is None:  # a method with its own structure space (AdaNet)
             report = outcome.extra["adanet"]
             summary = {**base, "space": "adanet", "selected": {
@@ -760,18 +780,21 @@ def _search_and_write(run, config, ds, problem, method, progress, start, *, outc
             if prewarmed is not None:
                 prewarmed.result()  # compiled once, not again by a call racing it
             summary = _retrain_selected(final, retrainer, outcome, run, config, k_retrain, base,
-                                        search_space=problem.space, predictions=predictions)
+                                        search_space=problem.space, predictions=predictions,
+                                        cv=cv)
             summary = _screen_features(final, outcome, run, config, k_retrain, summary,
-                                       evaluator=retrainer, predictions=predictions)
+                                       evaluator=retrainer, predictions=predictions, cv=cv)
         # Compare with the constant and linear references (and HistGradientBoosting) on the
         # same split; return the linear model when the selection does not beat it.
         baselines = baselines.result()
+        cross_validated = (None if cv is None or "selected" not in cv else
+                           _cv_references(final.task, final.data, cv, predictions))
         summary, decision = references.review(
             summary, problem.task, enumeration.splits_of(ds), family=final.space.family,
             choice=final.space.vertex(summary["choice"]) if "choice" in summary else None,
             seed=config.seed, fallback=config.fallback,
             gradient_boosting=config.gradient_boosting, jit=jax.jit, baselines=baselines,
-            selected_out=predictions.get("selected_val"))
+            selected_out=predictions.get("selected_val"), cross_validated=cross_validated)
         _write_predictions(run, ds, baselines, predictions, decision)
         summary["warnings"] = divergence_warnings + summary["warnings"]
         if ds.classes is not None:
@@ -884,14 +907,17 @@ def _check_divergence(outcome, run) -> list[str]:
 
 
 def _retrain_selected(problem, evaluator, outcome, run, config, key, base, *,
-                      search_space, predictions: dict | None = None) -> dict:
+                      search_space, predictions: dict | None = None,
+                      cv: dict | None = None) -> dict:
     """Retrains every distinct proposal (restarts x the path's c values) from scratch, keeps
     the best by validation metric (`selection.select`: exact ties go to the ensemble's
     lower validation loss when the budget ensembles, then to fewer parameters), scores it
     against the enumeration table and writes structure.json, front.json and the figures. `problem` is at the final width
     (`final_problem`); `search_space` names the ops of the searched Gamma. `predictions`:
     a dict that receives the ensembles' outputs (candidates_*, selected_*) when the budget
-    ensembles."""
+    ensembles. `cv` (`_cv_state`): the candidate is chosen by the out-of-fold outputs of
+    the folds instead (the split's models are fold 0's, still the ones returned), and
+    `cv` receives the chosen one's ("selected", its metric and loss)."""
     from structsel.search import selection as sel
 
     proposals = np.asarray(outcome.choices)
@@ -901,6 +927,27 @@ def _retrain_selected(problem, evaluator, outcome, run, config, key, base, *,
                         x_train=x_train, higher_is_better=problem.task.higher_is_better,
                         ensemble=(problem.task, problem.data) if config.budget.ensemble
                         else None)
+    cv_record = None
+    if cv is not None and chosen.ensemble_val_out is not None:
+        start = time.perf_counter()
+        oof, fold_test = _fold_outputs(evaluator, problem, cv["plan"], chosen.choices,
+                                       retrain_keys, fold0_val=chosen.ensemble_val_out)
+        metric, loss = crossval.scores(problem.task, oof, cv["y"])
+        best, _ = sel.one_se_choice(metric[:, None], chosen.params,
+                                    higher_is_better=problem.task.higher_is_better,
+                                    rule="best", loss=loss)
+        cv_record = {**crossval.record(cv["plan"]),
+                     "candidates": [{"choice": [int(c) for c in ch], "val_metric": float(m),
+                                     "val_loss": float(lo)}
+                                    for ch, m, lo in zip(chosen.choices, metric, loss)],
+                     "split_choice": [int(c) for c in chosen.choices[chosen.best]],
+                     "changed": bool(best != chosen.best)}
+        cv.update(selected=oof[best], selected_metric=float(metric[best]),
+                  selected_loss=float(loss[best]))
+        chosen = chosen._replace(best=best)
+        if predictions is not None:
+            predictions.update(cv_candidates=oof, cv_candidates_test=fold_test)
+        cv_record["time_s"] = time.perf_counter() - start
     best, choice = chosen.best, chosen.choices[chosen.best]
     if predictions is not None and chosen.ensemble_val_out is not None:
         predictions.update(candidates=chosen.choices, candidates_val=chosen.ensemble_val_out,
@@ -930,6 +977,8 @@ def _retrain_selected(problem, evaluator, outcome, run, config, key, base, *,
         "restart_choices": proposals.tolist(),
         "extra": outcome.extra,
     }
+    if cv_record is not None:
+        summary["cross_validation"] = cv_record
     if kl_weights:
         summary["kl_weight"] = sorted({kl_weights[i] for i in runs}, reverse=True)
         summary["kl_weight_path"] = sorted(set(kl_weights), reverse=True)
@@ -962,7 +1011,7 @@ def _retrain_selected(problem, evaluator, outcome, run, config, key, base, *,
 
 
 def _screen_features(problem, outcome, run, config, key, summary, *, evaluator,
-                     predictions: dict | None = None) -> dict:
+                     predictions: dict | None = None, cv: dict | None = None) -> dict:
     """Budget `feature_screening` (tables): when the search's input relevances propose a
     group of columns (`features.propose`: Otsu's upper group), retrains the selected
     structure on those columns alone and keeps it when its validation
@@ -975,7 +1024,9 @@ def _screen_features(problem, outcome, run, config, key, summary, *, evaluator,
     `evaluator`: the candidates' (at the final width); the subset trains with its
     compiled program, the dropped columns masked (`Evaluator(columns=)`), not retraced.
     `predictions`: receives the subset ensemble's outputs (subset_*, all_columns_*) and,
-    when it is kept, makes them the selection's (selected_*)."""
+    when it is kept, makes them the selection's (selected_*). `cv` (`_cv_state`, holding
+    the selection's out-of-fold outputs): the subset is trained on every fold too and
+    kept when its out-of-fold metric is better (ties: lower out-of-fold loss)."""
     from structsel.search import selection as sel
 
     r = outcome.extra.get("input_relevance")
@@ -1007,6 +1058,21 @@ def _screen_features(problem, outcome, run, config, key, summary, *, evaluator,
     loss_all = summary.get("ensemble", {}).get("val_loss")
     better = gain > 0 or (gain == 0 and loss_sub is not None and loss_all is not None
                           and loss_sub < loss_all)
+    if cv is not None and "selected" in cv and chosen.ensemble_val_out is not None:
+        oof, fold_test = _fold_outputs(evaluator, problem, cv["plan"], chosen.choices,
+                                       jax.random.split(key, b.retrain_seeds),
+                                       fold0_val=chosen.ensemble_val_out, columns=kept)
+        cv_metric, cv_loss = (float(v[0]) for v in crossval.scores(task, oof, cv["y"]))
+        cv_gain = sign * (cv_metric - cv["selected_metric"])
+        better = cv_gain > 0 or (cv_gain == 0 and cv_loss < cv["selected_loss"])
+        record["cross_validation"] = {"subset_val_metric": cv_metric,
+                                      "subset_val_loss": cv_loss,
+                                      "all_val_metric": cv["selected_metric"],
+                                      "all_val_loss": cv["selected_loss"]}
+        if predictions is not None:
+            predictions.update(cv_subset=oof[0], cv_subset_test=fold_test[0])
+        if better:
+            cv.update(selected=oof[0], selected_metric=cv_metric, selected_loss=cv_loss)
     record["subset"] = {k: scores[k] for k in ("val_metric", "test_metric", "params")}
     if "ensemble" in scores:
         record["subset"]["val_loss"] = scores["ensemble"]["val_loss"]
@@ -1023,12 +1089,13 @@ def _screen_features(problem, outcome, run, config, key, summary, *, evaluator,
         if better:
             predictions.update(selected_val=chosen.ensemble_val_out[0],
                                selected_test=chosen.ensemble_test_out[0])
+    basis = "cross-validation" if "cross_validation" in record else "validation"
     if not better:
-        summary["features"] = {**record, "reason": "the proposed columns were not better on "
-                                                   "validation"}
+        summary["features"] = {**record, "reason": f"the proposed columns were not better on "
+                                                   f"{basis}"}
         return summary
     record.update(kept=record["proposed"],
-                  reason=f"{len(kept)} of {len(r)} columns: better on validation")
+                  reason=f"{len(kept)} of {len(r)} columns: better on {basis}")
     summary = {**summary, **scores, "features": record}
     structure = json.loads(run.path("structure.json").read_text())
     run.write_json("structure.json", {**structure, "features": record["kept"],
@@ -1048,6 +1115,66 @@ def _ensemble_record(chosen, best: int) -> dict:
                          "test_metric_single": float(chosen.test[best].mean()),
                          "test_metric_single_std": float(chosen.test[best].std()),
                          "params_total": int(chosen.val.shape[1] * chosen.params[best])}}
+
+
+def _cv_state(config: SearchConfig, problem: Problem) -> dict | None:
+    """{"plan": `crossval.Plan`, "y": pooled out-of-fold targets} when the budget
+    cross-validates this split's decisions (`cv_rows`), else None."""
+    n_train, n_val = (int(problem.data.x_train.shape[0]), int(problem.data.x_val.shape[0]))
+    if not (config.budget.ensemble and crossval.applies(n_train, n_val, config.budget.cv_rows)):
+        return None
+    p = crossval.plan(n_train, n_val, seed=config.seed)
+    return {"plan": p, "y": crossval.pooled_targets(problem.data, p)}
+
+
+def _fold_outputs(evaluator, problem: Problem, plan: crossval.Plan, choices, keys, *,
+                  fold0_val, columns=None) -> tuple[np.ndarray, np.ndarray]:
+    """Out-of-fold deep-ensemble outputs of each structure: (N, rows, C) pooled over the
+    folds, fold 0's being `fold0_val` (N, n_val, C) (the split's, already trained), and
+    (N, K - 1, n_test, C) the other folds' models' outputs on the test rows. Each fold
+    trains with the same keys and the evaluator's compiled program (same shapes)."""
+    from structsel.search import selection as sel
+
+    vals, tests = [np.asarray(fold0_val)], []
+    for k in range(1, plan.folds):
+        fold = crossval.fold_splits(problem.data, plan, k)
+        ev = Evaluator(problem._replace(data=fold), progress=evaluator.progress)
+        out = ev(choices, keys, outputs=True, columns=columns, size=evaluator.size)
+        *_, val_out, test_out = sel._ensemble_scorer(problem.task)(
+            out["val_out"], fold.y_val, out["test_out"], fold.y_test)
+        vals.append(np.asarray(val_out))
+        tests.append(np.asarray(test_out))
+        evaluator.count += ev.count
+    return crossval.pool(np.stack(vals), plan), np.stack(tests, axis=1)
+
+
+@functools.lru_cache(maxsize=16)
+def _jitted_linear_fit(task):
+    return jax.jit(lambda x, y: references.fit_linear(task, x, y))
+
+
+def _cv_references(task, data, cv: dict, predictions: dict) -> dict:
+    """The linear model and the constant predictor fitted on every fold's training rows,
+    scored on the pooled out-of-fold rows like the selection (`references.review`'s
+    `cross_validated`); their outputs go to `predictions` (cv_linear, cv_constant)."""
+    p = cv["plan"]
+    flat = data._replace(**{k: np.reshape(np.asarray(getattr(data, k)),
+                                          (getattr(data, k).shape[0], -1))
+                            for k in ("x_train", "x_val", "x_test")})
+    lin, const = [], []
+    for k in range(p.folds):
+        fold = crossval.fold_splits(flat, p, k)
+        params = _jitted_linear_fit(task)(fold.x_train, fold.y_train)
+        lin.append(np.asarray(references.linear_outputs(params, fold.x_val, task.num_outputs)))
+        const.append(np.asarray(references.constant_outputs(task, fold.y_train,
+                                                            fold.x_val.shape[0]), np.float32))
+    lin, const = crossval.pool(np.stack(lin), p), crossval.pool(np.stack(const), p)
+    (lin_m,), _ = crossval.scores(task, lin[None], cv["y"])
+    (const_m,), _ = crossval.scores(task, const[None], cv["y"])
+    predictions.update(cv_y=cv["y"], cv_selected=cv["selected"], cv_linear=lin,
+                       cv_constant=const)
+    return {**crossval.record(p), "selected": cv["selected_metric"], "linear": float(lin_m),
+            "constant": float(const_m)}
 
 
 def run_enumeration(*, space: str, dataset: str, seeds: int = 3, seed: int = 0,

@@ -1,0 +1,136 @@
+"""Cross-validated decisions on small tables (`structsel.search.crossval`, budget cv_rows)."""
+import json
+
+import numpy as np
+import pytest
+
+from structsel.search import crossval, enumeration, references, runner
+
+
+@pytest.mark.parametrize("n_train,n_val", [(106, 36), (90, 30), (341, 114), (7, 5), (10, 1)])
+def test_folds_keep_the_split_shapes_and_validate_every_pooled_row_once(n_train, n_val):
+    p = crossval.plan(n_train, n_val, seed=3)
+    pool = n_train + n_val
+    assert p.folds == min(crossval.MAX_FOLDS, max(2, -(-pool // n_val)))
+    assert p.train.shape == (p.folds, n_train) and p.val.shape == (p.folds, n_val)
+    # fold 0 is the split itself: training rows then validation rows of the pool
+    np.testing.assert_array_equal(p.train[0], np.arange(n_train))
+    np.testing.assert_array_equal(p.val[0], n_train + np.arange(n_val))
+    assert p.counted[0].all()
+    for k in range(p.folds):  # each fold: a partition of the pool
+        assert len(set(p.train[k]) | set(p.val[k])) == pool
+        assert not set(p.train[k]) & set(p.val[k])
+    counted = p.val[p.counted]
+    assert len(counted) == len(set(counted)) == p.rows  # no row pooled twice
+    if p.folds * n_val >= pool:
+        assert p.rows == pool  # and every row pooled (K = ceil(pool / n_val) covers it)
+    again = crossval.plan(n_train, n_val, seed=3)
+    assert all(np.array_equal(a, b) for a, b in zip(p[:3], again[:3]))
+    assert not np.array_equal(crossval.plan(n_train, n_val, seed=4).val[1:], p.val[1:]) \
+        or n_train < 3
+
+
+def test_applies_only_below_the_row_threshold_and_bad_budgets_are_refused():
+    assert crossval.applies(106, 36, 1000) and not crossval.applies(800, 200, 1000)
+    assert not crossval.applies(106, 36, 0)
+    assert runner.parse_budget("tabular").cv_rows == 1000
+    assert runner.parse_budget("default").cv_rows == 0
+    # without the deep ensemble (whose outputs the folds score) nothing is cross-validated
+    config = runner.search_config(dataset="wine", budget="tabular,ensemble=0")
+    problem = runner.make_problem(runner.load_data(
+        dataset="wine", data=None, target=None, task=None, split_seed=0,
+        budget=config.budget), "tabular", config.budget)
+    assert runner._cv_state(config, problem) is None
+    assert runner._cv_state(runner.search_config(dataset="wine"), problem) is not None
+    with pytest.raises(ValueError, match="budget cv_rows must be an int >= 0"):
+        runner.parse_budget("tabular,cv_rows=-1")
+    with pytest.raises(ValueError, match="needs training and validation rows"):
+        crossval.plan(0, 5, seed=0)
+
+
+def test_fold_splits_and_pooling_against_indexing_by_hand():
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(20, 3)).astype(np.float32), rng.integers(0, 3, 20)
+    data = enumeration.Splits(x[:12], y[:12], x[12:16], y[12:16], x[16:], y[16:])
+    p = crossval.plan(12, 4, seed=1)
+    fold0 = crossval.fold_splits(data, p, 0)
+    for a, b in zip(fold0, data):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    xs, ys = x[:16], y[:16]
+    for k in range(p.folds):
+        f = crossval.fold_splits(data, p, k)
+        np.testing.assert_array_equal(np.asarray(f.x_val), xs[p.val[k]])
+        np.testing.assert_array_equal(np.asarray(f.y_train), ys[p.train[k]])
+        np.testing.assert_array_equal(np.asarray(f.x_test), x[16:])
+    # outputs that encode (fold, row): pooling keeps fold k's counted rows, fold by fold
+    outs = np.stack([np.broadcast_to((10 * k + np.arange(4))[None, :, None], (5, 4, 2))
+                     for k in range(p.folds)]).astype(np.float32)  # (K, 5, n_val, 2)
+    pooled = crossval.pool(outs, p)
+    expect = np.concatenate([10 * k + np.arange(4)[p.counted[k]] for k in range(p.folds)])
+    np.testing.assert_array_equal(pooled[0, :, 0], expect)
+    assert pooled.shape == (5, p.rows, 2)
+    np.testing.assert_array_equal(crossval.pooled_targets(data, p), ys[p.val[p.counted]])
+
+
+def test_pooled_scores_against_numpy():
+    # accuracy and cross-entropy of log-probabilities; RMSE for regression (float64 numpy
+    # oracle, float32 inside: 1e-6 relative)
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(3, 50, 4))
+    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    y = rng.integers(0, 4, 50)
+    metric, loss = crossval.scores(enumeration.Classification(4), logp, y)
+    np.testing.assert_allclose(metric, (logp.argmax(-1) == y).mean(-1), rtol=1e-6)
+    np.testing.assert_allclose(loss, -logp[:, np.arange(50), y].mean(-1), rtol=1e-5)
+    pred, t = rng.normal(size=(2, 30, 1)), rng.normal(size=30)
+    metric, _ = crossval.scores(enumeration.Regression(), pred, t)
+    np.testing.assert_allclose(metric, np.sqrt(((pred[..., 0] - t) ** 2).mean(-1)), rtol=1e-5)
+
+
+def test_a_small_table_search_decides_on_the_folds(tmp_path, interaction_csv):
+    # End to end (a tiny ensembling budget with cv_rows on a 240-row CSV): the candidate
+    # and the linear decision are the ones the pooled out-of-fold outputs in
+    # predictions.npz give; fold 0's rows are the split's validation rows and outputs.
+    path = interaction_csv
+    config = runner.search_config(
+        data=str(path), target="y", space="mlp1", method="random",
+        budget="tiny,retrain_seeds=2,ensemble=1,train_steps=60,evaluations=6,cv_rows=1000",
+        gradient_boosting=False, workdir=str(tmp_path / "run"))
+    summary = runner.run_search(config, progress=False)
+    pred = np.load(tmp_path / "run" / "predictions.npz")
+    cv = summary["cross_validation"]
+    n_val = len(pred["y_val"])
+    assert cv["folds"] == 4 and cv["rows"] == 192 == len(pred["cv_y"])
+    assert cv["validation_rows"] == n_val and cv["training_rows"] == 144
+    np.testing.assert_array_equal(pred["cv_y"][:n_val], pred["y_val"])
+    np.testing.assert_allclose(pred["cv_candidates"][:, :n_val], pred["candidates_val"],
+                               rtol=1e-6)
+    assert pred["cv_candidates_test"].shape[:2] == (len(pred["candidates"]), 3)
+    acc = (pred["cv_candidates"].argmax(-1) == pred["cv_y"]).mean(-1)
+    np.testing.assert_allclose([c["val_metric"] for c in cv["candidates"]], acc, rtol=1e-6)
+    loss = np.array([c["val_loss"] for c in cv["candidates"]])
+    top = np.flatnonzero(acc == acc.max())
+    i = [list(c) for c in pred["candidates"]].index(summary.get("choice"))
+    assert i in top and loss[i] == loss[top].min()
+    np.testing.assert_array_equal(pred["cv_selected"], pred["cv_candidates"][i])
+    # the linear model's fold 0 is the reference fitted on the split
+    np.testing.assert_allclose(pred["cv_linear"][:n_val], pred["linear_val"], atol=1e-5)
+    sel_cv = (pred["cv_selected"].argmax(-1) == pred["cv_y"]).mean()
+    lin_cv = (pred["cv_linear"].argmax(-1) == pred["cv_y"]).mean()
+    against = summary["cross_validation"]["versus_linear"]
+    assert against["selected"] == pytest.approx(sel_cv) and against["linear"] == \
+        pytest.approx(lin_cv)
+    assert (summary["model"] == "linear") == (not sel_cv > lin_cv)
+    if summary["model"] == "linear":
+        assert "cross-validation (4 folds, 192 rows)" in summary["fallback"]["reason"]
+    assert "4 folds of the 192 training + validation rows" in runner.format_summary(summary)
+    written = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert written["cross_validation"]["rows"] == 192
+
+
+def test_decide_names_the_cross_validation_in_its_reason():
+    d = references.decide(selected_val=0.9, linear_val=0.95, constant_val=0.4,
+                          higher_is_better=True, metric="accuracy", input_independent=False,
+                          basis="cross-validation (4 folds, 142 rows)")
+    assert d.model == "linear"
+    assert "on cross-validation (4 folds, 142 rows) (accuracy 0.9 vs 0.95)" in d.reason
