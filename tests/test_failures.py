@@ -178,6 +178,12 @@ def test_a_new_run_removes_an_earlier_summary(tmp_path):
     assert runs.read_status(tmp_path)["state"] == "running"
 
 
+def _default_sigint():
+    # A child inherits an ignored SIGINT (a pytest-xdist worker can ignore it), and Python
+    # then installs no KeyboardInterrupt handler: restore the disposition a shell gives.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_sigint_leaves_a_workdir_marked_interrupted(tmp_path):
     workdir = tmp_path / "w"
     env = {**os.environ, "STRUCTSEL_JAX_CACHE": str(REPO / ".jax_cache")}
@@ -186,7 +192,8 @@ def test_sigint_leaves_a_workdir_marked_interrupted(tmp_path):
     slow = [a if a != "tiny" else "tiny,train_steps=20000" for a in SEARCH]
     proc = subprocess.Popen([sys.executable, "-m", "structsel.cli", *slow, "--method",
                              "random", "--workdir", str(workdir)], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_default_sigint)
     deadline = time.monotonic() + 120
     while not (workdir / "status.json").exists():  # written last by Run.create
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
@@ -228,5 +235,5 @@ except KeyboardInterrupt:
 """
     for mode, want in (("plain", "lost"), ("hook", "delivered")):
         out = subprocess.run([sys.executable, "-c", code, mode], capture_output=True,
-                             text=True, timeout=120)
+                             text=True, timeout=120, preexec_fn=_default_sigint)
         assert out.stdout.strip() == want, (mode, out.stdout, out.stderr)
