@@ -41,7 +41,12 @@ def test_applies_only_below_the_row_threshold_and_bad_budgets_are_refused():
         dataset="wine", data=None, target=None, task=None, split_seed=0,
         budget=config.budget), "tabular", config.budget)
     assert runner._cv_state(config, problem) is None
-    assert runner._cv_state(runner.search_config(dataset="wine"), problem) is not None
+    state = runner._cv_state(runner.search_config(dataset="wine"), problem)
+    n_train, n_val = len(problem.data.y_train), len(problem.data.y_val)
+    assert state["plan"].folds == 4 and state["plan"].rows == n_train + n_val
+    np.testing.assert_array_equal(state["y"][:n_val], np.asarray(problem.data.y_val))
+    np.testing.assert_array_equal(np.sort(state["y"]), np.sort(np.concatenate(
+        [np.asarray(problem.data.y_train), np.asarray(problem.data.y_val)])))
     with pytest.raises(ValueError, match="budget cv_rows must be an int >= 0"):
         runner.parse_budget("tabular,cv_rows=-1")
     with pytest.raises(ValueError, match="needs training and validation rows"):

@@ -25,6 +25,8 @@ from typing import NamedTuple
 import jax.numpy as jnp
 import numpy as np
 
+from structsel.search import references
+
 MAX_FOLDS = 8
 
 
@@ -103,6 +105,21 @@ def scores(task, outputs, y) -> tuple[np.ndarray, np.ndarray]:
     metric = np.asarray([float(task.metric(o, y)) for o in flat]).reshape(lead)
     loss = np.asarray([float(task.loss(o, y)) for o in flat]).reshape(lead)
     return metric, loss
+
+
+def reference_outputs(task, data, p: Plan) -> tuple[np.ndarray, np.ndarray]:
+    """Out-of-fold outputs (rows, C) of the linear model and of the constant predictor,
+    each fitted on every fold's training rows (`references.fit_linear`,
+    `references.constant_outputs`), pooled like the structures' (`pool`)."""
+    flat = references.as_table(data)
+    lin, const = [], []
+    for k in range(p.folds):
+        fold = fold_splits(flat, p, k)
+        params = references.jitted_fit_linear(task)(fold.x_train, fold.y_train)
+        lin.append(np.asarray(references.linear_outputs(params, fold.x_val, task.num_outputs)))
+        const.append(np.asarray(references.constant_outputs(task, fold.y_train,
+                                                            fold.x_val.shape[0]), np.float32))
+    return pool(np.stack(lin), p), pool(np.stack(const), p)
 
 
 def record(p: Plan) -> dict:

@@ -337,13 +337,25 @@ def linear_structure(task, *, num_features: int, dataset: str, replaces: dict,
             "reason": reason, "replaces": replaces}
 
 
+def as_table(data):
+    """`data` (`enumeration.Splits`) with its features flattened to a table (n, d)."""
+    return data._replace(**{k: jnp.reshape(getattr(data, k), (getattr(data, k).shape[0], -1))
+                            for k in ("x_train", "x_val", "x_test")})
+
+
+@functools.lru_cache(maxsize=16)
+def jitted_fit_linear(task) -> Callable:
+    """jit((x, y) -> `fit_linear(task, x, y)`), compiled once per task and shapes (the
+    folds of `crossval` share their shapes: one compilation for all of them)."""
+    return jax.jit(lambda x, y: fit_linear(task, x, y))
+
+
 def baselines_of(task, data, *, seed: int = 0, gradient_boosting: bool = True,
                  jit: Callable = lambda f: f, outputs: bool = False) -> dict:
     """{"constant", "linear"[, "hist_gradient_boosting"]}: each reference's val / test
     metric on `data` (`enumeration.Splits`; features flattened to a table (n, d));
     `outputs`: with each model's outputs ("val_out", "test_out")."""
-    flat = data._replace(**{k: jnp.reshape(getattr(data, k), (getattr(data, k).shape[0], -1))
-                            for k in ("x_train", "x_val", "x_test")})
+    flat = as_table(data)
     baselines = reference_scores(task, flat, jit=jit, outputs=outputs)
     if gradient_boosting:
         hgb = hist_gradient_boosting(task, flat, seed=seed, outputs=outputs)

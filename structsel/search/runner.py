@@ -1042,9 +1042,9 @@ def _screen_features(problem, outcome, run, config, key, summary, *, evaluator,
     sub = features.take_columns(problem.data, kept)  # its parameter count, its labels
     task, b = problem.task, config.budget
     subset = functools.partial(evaluator, columns=kept, size=evaluator.size)
+    keys = jax.random.split(key, b.retrain_seeds)  # the candidates' retraining keys
     chosen = sel.select(subset, problem.space,
-                        np.asarray(summary["choice"], np.int32)[None],
-                        keys=jax.random.split(key, b.retrain_seeds),
+                        np.asarray(summary["choice"], np.int32)[None], keys=keys,
                         x_train=np.asarray(sub.x_train),
                         higher_is_better=task.higher_is_better,
                         ensemble=(task, sub) if b.ensemble else None)
@@ -1059,8 +1059,7 @@ def _screen_features(problem, outcome, run, config, key, summary, *, evaluator,
     better = gain > 0 or (gain == 0 and loss_sub is not None and loss_all is not None
                           and loss_sub < loss_all)
     if cv is not None and "selected" in cv and chosen.ensemble_val_out is not None:
-        oof, fold_test = _fold_outputs(evaluator, problem, cv["plan"], chosen.choices,
-                                       jax.random.split(key, b.retrain_seeds),
+        oof, fold_test = _fold_outputs(evaluator, problem, cv["plan"], chosen.choices, keys,
                                        fold0_val=chosen.ensemble_val_out, columns=kept)
         cv_metric, cv_loss = (float(v[0]) for v in crossval.scores(task, oof, cv["y"]))
         cv_gain = sign * (cv_metric - cv["selected_metric"])
@@ -1148,27 +1147,12 @@ def _fold_outputs(evaluator, problem: Problem, plan: crossval.Plan, choices, key
     return crossval.pool(np.stack(vals), plan), np.stack(tests, axis=1)
 
 
-@functools.lru_cache(maxsize=16)
-def _jitted_linear_fit(task):
-    return jax.jit(lambda x, y: references.fit_linear(task, x, y))
-
-
 def _cv_references(task, data, cv: dict, predictions: dict) -> dict:
     """The linear model and the constant predictor fitted on every fold's training rows,
     scored on the pooled out-of-fold rows like the selection (`references.review`'s
     `cross_validated`); their outputs go to `predictions` (cv_linear, cv_constant)."""
     p = cv["plan"]
-    flat = data._replace(**{k: np.reshape(np.asarray(getattr(data, k)),
-                                          (getattr(data, k).shape[0], -1))
-                            for k in ("x_train", "x_val", "x_test")})
-    lin, const = [], []
-    for k in range(p.folds):
-        fold = crossval.fold_splits(flat, p, k)
-        params = _jitted_linear_fit(task)(fold.x_train, fold.y_train)
-        lin.append(np.asarray(references.linear_outputs(params, fold.x_val, task.num_outputs)))
-        const.append(np.asarray(references.constant_outputs(task, fold.y_train,
-                                                            fold.x_val.shape[0]), np.float32))
-    lin, const = crossval.pool(np.stack(lin), p), crossval.pool(np.stack(const), p)
+    lin, const = crossval.reference_outputs(task, data, p)
     (lin_m,), _ = crossval.scores(task, lin[None], cv["y"])
     (const_m,), _ = crossval.scores(task, const[None], cv["y"])
     predictions.update(cv_y=cv["y"], cv_selected=cv["selected"], cv_linear=lin,
