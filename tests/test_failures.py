@@ -178,10 +178,11 @@ def test_a_new_run_removes_an_earlier_summary(tmp_path):
     assert runs.read_status(tmp_path)["state"] == "running"
 
 
-def _default_sigint():
-    # A child inherits an ignored SIGINT (a pytest-xdist worker can ignore it), and Python
-    # then installs no KeyboardInterrupt handler: restore the disposition a shell gives.
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+# A child inherits an ignored SIGINT (a pytest-xdist worker ignores it), and Python then
+# installs no KeyboardInterrupt handler: the child restores the handler a shell would give
+# it as its first statement. (Not a preexec_fn: that makes subprocess fork a process that
+# has jax loaded, and jax's at-fork hook warns, which the test run treats as an error.)
+_DEFAULT_SIGINT = "import signal; signal.signal(signal.SIGINT, signal.default_int_handler)\n"
 
 
 def test_sigint_leaves_a_workdir_marked_interrupted(tmp_path):
@@ -190,10 +191,11 @@ def test_sigint_leaves_a_workdir_marked_interrupted(tmp_path):
     # a budget whose trainings take seconds even with every program cached: with the
     # tiny budget a warm cache finished the whole run before the signal arrived (exit 0)
     slow = [a if a != "tiny" else "tiny,train_steps=20000" for a in SEARCH]
-    proc = subprocess.Popen([sys.executable, "-m", "structsel.cli", *slow, "--method",
-                             "random", "--workdir", str(workdir)], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=_default_sigint)
+    launch = _DEFAULT_SIGINT + "import runpy; runpy.run_module('structsel.cli', " \
+                                "run_name='__main__', alter_sys=True)"
+    proc = subprocess.Popen([sys.executable, "-c", launch, *slow, "--method", "random",
+                             "--workdir", str(workdir)], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while not (workdir / "status.json").exists():  # written last by Run.create
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
@@ -215,7 +217,7 @@ def test_a_ctrl_c_swallowed_by_a_gc_callback_is_delivered_again():
     # "Exception ignored" and goes on: a Ctrl-C arriving there was lost, the run went on
     # (seen with the search's background thread). Oracle: a subprocess whose gc callback
     # receives SIGINT; without the CLI's hook the interrupt is lost, with it it arrives.
-    code = """
+    code = _DEFAULT_SIGINT + """
 import gc, os, signal, sys, time
 if sys.argv[1] == "hook":
     from structsel import cli
@@ -235,5 +237,5 @@ except KeyboardInterrupt:
 """
     for mode, want in (("plain", "lost"), ("hook", "delivered")):
         out = subprocess.run([sys.executable, "-c", code, mode], capture_output=True,
-                             text=True, timeout=120, preexec_fn=_default_sigint)
+                             text=True, timeout=120)
         assert out.stdout.strip() == want, (mode, out.stdout, out.stderr)
