@@ -139,3 +139,66 @@ def test_decide_names_the_cross_validation_in_its_reason():
                           basis="cross-validation (4 folds, 142 rows)")
     assert d.model == "linear"
     assert "on cross-validation (4 folds, 142 rows) (accuracy 0.9 vs 0.95)" in d.reason
+
+
+def test_the_screening_chooses_candidate_and_columns_jointly_on_the_folds(tmp_path,
+                                                                          monkeypatch):
+    # y = [x0 + x1 + x0 x1 > 0] + 10 noise columns, 200 rows, cv_rows: every candidate of
+    # mlp1 is proposed and the relevances single out columns 0 and 1. Every candidate is
+    # retrained on them, split and folds (predictions.npz: cv_subset_candidates); the
+    # returned (candidate, columns) is the best out of fold, checked by hand from the
+    # outputs, and it is another candidate than the all-column one here (the session-26
+    # case: the best candidate on all columns is not the best on the informative ones).
+    from structsel.search import methods
+
+    class Every(methods.RandomSearch):
+        def search(self, problem, evaluator, *, key, **_):
+            k = len(problem.space.op_names)
+            choices = np.arange(k, dtype=np.int32)[:, None]
+            return methods.Outcome(choices, np.eye(k)[:, None, :], None, k, [], None,
+                                   {"input_relevance": [4.0, 5.0] + [1.0] * 10})
+
+    monkeypatch.setitem(methods.METHODS, "random", Every())
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(200, 12))
+    label = (x[:, 0] + x[:, 1] + x[:, 0] * x[:, 1] > 0).astype(int)
+    data = tmp_path / "t.csv"
+    np.savetxt(data, np.column_stack([x, label]), delimiter=",", comments="", fmt="%.5f",
+               header=",".join([f"f{k}" for k in range(12)] + ["label"]))
+    config = runner.search_config(
+        data=str(data), target="label", space="mlp1", method="random",
+        budget="tiny,retrain_seeds=2,ensemble=1,train_steps=300,width=8,cv_rows=1000,"
+               "feature_screening=1",
+        gradient_boosting=False, fallback=False, workdir=str(tmp_path / "run"))
+    summary = runner.run_search(config, progress=False)
+    pred = np.load(tmp_path / "run" / "predictions.npz")
+    fs, y = summary["features"], pred["cv_y"]
+    cands = [list(c) for c in pred["candidates"]]
+    assert len(cands) == 5 and fs["proposed"] == [0, 1]
+    sub = pred["cv_subset_candidates"]
+    assert sub.shape == pred["cv_candidates"].shape
+    acc = (sub.argmax(-1) == y).mean(-1)
+    loss = -np.take_along_axis(sub, y[None, :, None], -1)[..., 0].mean(-1)
+    rows = fs["cross_validation"]["subset_candidates"]
+    np.testing.assert_allclose([r["val_metric"] for r in rows], acc, rtol=1e-6)
+    np.testing.assert_allclose([r["val_loss"] for r in rows], loss, rtol=1e-4)
+    j = min(np.flatnonzero(acc == acc.max()), key=lambda i: loss[i])
+    assert fs["subset"]["choice"] == cands[j]
+    np.testing.assert_array_equal(pred["cv_subset"], sub[j])
+    all_acc = (pred["cv_candidates"].argmax(-1) == y).mean(-1)
+    i = cands.index(fs["all"]["choice"])
+    assert all_acc[i] == all_acc.max()
+    assert acc[j] > all_acc[i] and fs["kept"] == [0, 1]  # the moon-like case: kept
+    assert fs["candidate_changed"] and summary["choice"] == cands[j] != cands[i]
+    structure = json.loads((tmp_path / "run" / "structure.json").read_text())
+    assert structure["features"] == [0, 1] and structure["choice"] == cands[j]
+    np.testing.assert_array_equal(pred["selected_val"], pred["subset_val"])
+    np.testing.assert_array_equal(pred["cv_selected"], sub[j])
+    assert summary["params"] == fs["subset"]["params"]
+    assert "with another candidate than on all columns" in runner.format_summary(summary)
+
+
+
+
+
+

@@ -560,7 +560,9 @@ def format_summary(summary: dict) -> str:
         values["features"] = (
             f"all {n} columns (no clearly separated group)" if fs["proposed"] is None else
             f"all {n} columns (proposed {fs['proposed']}: not better on validation)"
-            if fs["kept"] == "all" else f"{len(fs['kept'])} of {n} columns: {fs['kept']}")
+            if fs["kept"] == "all" else f"{len(fs['kept'])} of {n} columns: {fs['kept']}"
+            + (" (with another candidate than on all columns)" if fs.get("candidate_changed")
+               else ""))
         if summary.get("fallback") and fs["kept"] != "all":
             values["features"] += " (the selection's; the returned linear model reads all)"
     if "regret" in summary:
@@ -911,13 +913,16 @@ def _retrain_selected(problem, evaluator, outcome, run, config, key, base, *,
                       cv: dict | None = None) -> dict:
     """Retrains every distinct proposal (restarts x the path's c values) from scratch, keeps
     the best by validation metric (`selection.select`: exact ties go to the ensemble's
-    lower validation loss when the budget ensembles, then to fewer parameters), scores it
-    against the enumeration table and writes structure.json, front.json and the figures. `problem` is at the final width
-    (`final_problem`); `search_space` names the ops of the searched Gamma. `predictions`:
-    a dict that receives the ensembles' outputs (candidates_*, selected_*) when the budget
-    ensembles. `cv` (`_cv_state`): the candidate is chosen by the out-of-fold outputs of
-    the folds instead (the split's models are fold 0's, still the ones returned), and
-    `cv` receives the chosen one's ("selected", its metric and loss)."""
+    lower validation loss when the budget ensembles, then to fewer parameters) and returns
+    its summary (`_selection_summary`, which writes structure.json, front.json and the
+    figures). `problem` is at the final width (`final_problem`); `search_space` names the
+    ops of the searched Gamma. `predictions`: a dict that receives the ensembles' outputs
+    (candidates_*, selected_*) when the budget ensembles. `cv` (`_cv_state`): the
+    candidate is chosen by the out-of-fold outputs of the folds instead (the split's models
+    are fold 0's, still the ones returned), and `cv` receives the chosen one's
+    ("selected", its metric and loss), the retrained candidates ("candidates") and
+    "summary_for" (index -> the summary of that candidate), for the screening's joint
+    choice of candidate and columns."""
     from structsel.search import selection as sel
 
     proposals = np.asarray(outcome.choices)
@@ -948,7 +953,26 @@ def _retrain_selected(problem, evaluator, outcome, run, config, key, base, *,
         if predictions is not None:
             predictions.update(cv_candidates=oof, cv_candidates_test=fold_test)
         cv_record["time_s"] = time.perf_counter() - start
-    best, choice = chosen.best, chosen.choices[chosen.best]
+        # the screening may return another candidate (its joint choice on the folds)
+        cv.update(candidates=chosen, summary_for=functools.partial(
+            _selection_summary, problem, outcome, run, config, base, chosen,
+            search_space=search_space, cv_record=cv_record))
+    return _selection_summary(problem, outcome, run, config, base, chosen, chosen.best,
+                              search_space=search_space, predictions=predictions,
+                              cv_record=cv_record)
+
+
+def _selection_summary(problem, outcome, run, config, base, chosen, best: int, *,
+                       search_space, predictions: dict | None = None,
+                       cv_record: dict | None = None) -> dict:
+    """The summary of candidate `best` of the retrained candidates `chosen`
+    (`selection.select`), its regret / rank against the enumeration table; writes
+    structure.json, front.json and the figures (`_retrain_selected`)."""
+    from structsel.search import selection as sel
+
+    proposals = np.asarray(outcome.choices)
+    chosen = chosen._replace(best=best)
+    choice = chosen.choices[best]
     if predictions is not None and chosen.ensemble_val_out is not None:
         predictions.update(candidates=chosen.choices, candidates_val=chosen.ensemble_val_out,
                            candidates_test=chosen.ensemble_test_out,
@@ -1024,9 +1048,16 @@ def _screen_features(problem, outcome, run, config, key, summary, *, evaluator,
     `evaluator`: the candidates' (at the final width); the subset trains with its
     compiled program, the dropped columns masked (`Evaluator(columns=)`), not retraced.
     `predictions`: receives the subset ensemble's outputs (subset_*, all_columns_*) and,
-    when it is kept, makes them the selection's (selected_*). `cv` (`_cv_state`, holding
-    the selection's out-of-fold outputs): the subset is trained on every fold too and
-    kept when its out-of-fold metric is better (ties: lower out-of-fold loss)."""
+    when it is kept, makes them the selection's (selected_*).
+
+    `cv` (`_cv_state`, holding the selection's out-of-fold outputs and the retrained
+    candidates): the choice of candidate and columns is joint. Every candidate is trained
+    on the proposed columns too, on the split and on every fold; the best of them by
+    out-of-fold metric (ties: lower out-of-fold loss, then fewer parameters) is kept when
+    it beats the all-column selection out of fold (ties: lower loss), and is returned even
+    when it is another candidate than the all-column one (session 26: on a moons table the
+    linear candidate won on all 12 columns, and gained nothing from the 2 moon columns on
+    which the networks beat it)."""
     from structsel.search import selection as sel
 
     r = outcome.extra.get("input_relevance")
@@ -1043,58 +1074,79 @@ def _screen_features(problem, outcome, run, config, key, summary, *, evaluator,
     task, b = problem.task, config.budget
     subset = functools.partial(evaluator, columns=kept, size=evaluator.size)
     keys = jax.random.split(key, b.retrain_seeds)  # the candidates' retraining keys
-    chosen = sel.select(subset, problem.space,
-                        np.asarray(summary["choice"], np.int32)[None], keys=keys,
+    joint = cv is not None and "selected" in cv and "candidates" in cv
+    candidates = (cv["candidates"].choices if joint else
+                  np.asarray(summary["choice"], np.int32)[None])
+    chosen = sel.select(subset, problem.space, candidates, keys=keys,
                         x_train=np.asarray(sub.x_train),
                         higher_is_better=task.higher_is_better,
                         ensemble=(task, sub) if b.ensemble else None)
-    scores = {"val_metric": float(chosen.val[0].mean()),
-              "test_metric": float(chosen.test[0].mean()),
-              "test_metric_std": float(chosen.test[0].std()), "params": int(chosen.params[0]),
-              **_ensemble_record(chosen, 0)}
+    j = 0 if not joint else chosen.best  # the split's pick; the folds' below
     sign = 1.0 if task.higher_is_better else -1.0
-    gain = sign * (scores["val_metric"] - summary["val_metric"])
-    loss_sub = scores.get("ensemble", {}).get("val_loss")
-    loss_all = summary.get("ensemble", {}).get("val_loss")
-    better = gain > 0 or (gain == 0 and loss_sub is not None and loss_all is not None
-                          and loss_sub < loss_all)
     if cv is not None and "selected" in cv and chosen.ensemble_val_out is not None:
         oof, fold_test = _fold_outputs(evaluator, problem, cv["plan"], chosen.choices, keys,
                                        fold0_val=chosen.ensemble_val_out, columns=kept)
-        cv_metric, cv_loss = (float(v[0]) for v in crossval.scores(task, oof, cv["y"]))
+        metric, loss = crossval.scores(task, oof, cv["y"])
+        j, _ = sel.one_se_choice(metric[:, None], chosen.params,
+                                 higher_is_better=task.higher_is_better, rule="best",
+                                 loss=loss)
+        cv_metric, cv_loss = float(metric[j]), float(loss[j])
         cv_gain = sign * (cv_metric - cv["selected_metric"])
         better = cv_gain > 0 or (cv_gain == 0 and cv_loss < cv["selected_loss"])
         record["cross_validation"] = {"subset_val_metric": cv_metric,
                                       "subset_val_loss": cv_loss,
                                       "all_val_metric": cv["selected_metric"],
                                       "all_val_loss": cv["selected_loss"]}
+        if joint:
+            record["cross_validation"]["subset_candidates"] = [
+                {"choice": [int(c) for c in ch], "val_metric": float(m), "val_loss": float(lo)}
+                for ch, m, lo in zip(chosen.choices, metric, loss)]
         if predictions is not None:
-            predictions.update(cv_subset=oof[0], cv_subset_test=fold_test[0])
+            predictions.update(cv_subset=oof[j], cv_subset_test=fold_test[j])
+            if joint:
+                predictions.update(cv_subset_candidates=oof)
         if better:
-            cv.update(selected=oof[0], selected_metric=cv_metric, selected_loss=cv_loss)
-    record["subset"] = {k: scores[k] for k in ("val_metric", "test_metric", "params")}
+            cv.update(selected=oof[j], selected_metric=cv_metric, selected_loss=cv_loss)
+    scores = {"val_metric": float(chosen.val[j].mean()),
+              "test_metric": float(chosen.test[j].mean()),
+              "test_metric_std": float(chosen.test[j].std()), "params": int(chosen.params[j]),
+              **_ensemble_record(chosen, j)}
+    if "cross_validation" not in record:
+        gain = sign * (scores["val_metric"] - summary["val_metric"])
+        loss_sub = scores.get("ensemble", {}).get("val_loss")
+        loss_all = summary.get("ensemble", {}).get("val_loss")
+        better = gain > 0 or (gain == 0 and loss_sub is not None and loss_all is not None
+                              and loss_sub < loss_all)
+    subset_choice = [int(c) for c in chosen.choices[j]]
+    record["subset"] = {"choice": subset_choice,
+                        **{k: scores[k] for k in ("val_metric", "test_metric", "params")}}
     if "ensemble" in scores:
         record["subset"]["val_loss"] = scores["ensemble"]["val_loss"]
-    record["all"] = {"val_metric": summary["val_metric"], "test_metric": summary["test_metric"],
-                     "params": summary["params"], "val_loss": loss_all}
+    record["all"] = {"choice": summary["choice"], "val_metric": summary["val_metric"],
+                     "test_metric": summary["test_metric"], "params": summary["params"],
+                     "val_loss": summary.get("ensemble", {}).get("val_loss")}
     record["time_s"] = time.perf_counter() - start  # the subset's retraining
     if predictions is not None and chosen.ensemble_val_out is not None:
         predictions.update(subset_columns=np.asarray(kept),
-                           subset_val=chosen.ensemble_val_out[0],
-                           subset_test=chosen.ensemble_test_out[0])
+                           subset_val=chosen.ensemble_val_out[j],
+                           subset_test=chosen.ensemble_test_out[j])
         if "selected_val" in predictions:
             predictions.update(all_columns_val=predictions["selected_val"],
                                all_columns_test=predictions["selected_test"])
         if better:
-            predictions.update(selected_val=chosen.ensemble_val_out[0],
-                               selected_test=chosen.ensemble_test_out[0])
+            predictions.update(selected_val=chosen.ensemble_val_out[j],
+                               selected_test=chosen.ensemble_test_out[j])
     basis = "cross-validation" if "cross_validation" in record else "validation"
     if not better:
         summary["features"] = {**record, "reason": f"the proposed columns were not better on "
                                                    f"{basis}"}
         return summary
-    record.update(kept=record["proposed"],
-                  reason=f"{len(kept)} of {len(r)} columns: better on {basis}")
+    changed = subset_choice != summary["choice"]
+    record.update(kept=record["proposed"], candidate_changed=changed,
+                  reason=f"{len(kept)} of {len(r)} columns: better on {basis}"
+                         + (" (another candidate than on all columns)" if changed else ""))
+    if changed:  # the joint choice: the summary, structure.json, figures of that candidate
+        summary = cv["summary_for"](j)
     summary = {**summary, **scores, "features": record}
     structure = json.loads(run.path("structure.json").read_text())
     run.write_json("structure.json", {**structure, "features": record["kept"],
