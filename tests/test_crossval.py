@@ -193,6 +193,9 @@ def test_the_screening_chooses_candidate_and_columns_jointly_on_the_folds(tmp_pa
     structure = json.loads((tmp_path / "run" / "structure.json").read_text())
     assert structure["features"] == [0, 1] and structure["choice"] == cands[j]
     np.testing.assert_array_equal(pred["selected_val"], pred["subset_val"])
+    np.testing.assert_array_equal(pred["subset_candidates_test"][j], pred["subset_test"])
+    np.testing.assert_allclose(sub[:, :len(pred["y_val"])], pred["subset_candidates_val"],
+                               rtol=1e-6)  # fold 0 is the split
     np.testing.assert_array_equal(pred["cv_selected"], sub[j])
     assert summary["params"] == fs["subset"]["params"]
     assert "with another candidate than on all columns" in runner.format_summary(summary)

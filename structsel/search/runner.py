@@ -826,8 +826,10 @@ def _write_predictions(run, ds, baselines: dict, predictions: dict, decision) ->
     standardised units) on the validation and test rows of the returned model
     (`returned_*`), of the selection (`selected_*`: the deep ensemble, on the kept
     columns), of every retrained candidate (`candidates_*`, rows of `candidates`), of the
-    all-column and subset models of the screening, and of the references, with `y_val` /
-    `y_test`: every decision of the run can be recomputed from it."""
+    all-column and subset models of the screening (with cross-validation every candidate
+    on the subset, `subset_candidates_*`), of the references and the folds' out-of-fold
+    outputs (`cv_*`), with `y_val` / `y_test`: every decision of the run can be recomputed
+    from it."""
     arrays = {"y_val": np.asarray(ds.y_val), "y_test": np.asarray(ds.y_test), **predictions}
     for name, ref in baselines.items():
         if "val_out" in ref:
@@ -1130,6 +1132,9 @@ def _screen_features(problem, outcome, run, config, key, summary, *, evaluator,
         predictions.update(subset_columns=np.asarray(kept),
                            subset_val=chosen.ensemble_val_out[j],
                            subset_test=chosen.ensemble_test_out[j])
+        if joint:  # every candidate on the columns (rows of `candidates`)
+            predictions.update(subset_candidates_val=chosen.ensemble_val_out,
+                               subset_candidates_test=chosen.ensemble_test_out)
         if "selected_val" in predictions:
             predictions.update(all_columns_val=predictions["selected_val"],
                                all_columns_test=predictions["selected_test"])
