@@ -939,14 +939,8 @@ def _retrain_selected(problem, evaluator, outcome, run, config, key, base, *,
         start = time.perf_counter()
         oof, fold_test = _fold_outputs(evaluator, problem, cv["plan"], chosen.choices,
                                        retrain_keys, fold0_val=chosen.ensemble_val_out)
-        metric, loss = crossval.scores(problem.task, oof, cv["y"])
-        best, _ = sel.one_se_choice(metric[:, None], chosen.params,
-                                    higher_is_better=problem.task.higher_is_better,
-                                    rule="best", loss=loss)
-        cv_record = {**crossval.record(cv["plan"]),
-                     "candidates": [{"choice": [int(c) for c in ch], "val_metric": float(m),
-                                     "val_loss": float(lo)}
-                                    for ch, m, lo in zip(chosen.choices, metric, loss)],
+        best, metric, loss, rows = _out_of_fold_choice(problem.task, oof, cv["y"], chosen)
+        cv_record = {**crossval.record(cv["plan"]), "candidates": rows,
                      "split_choice": [int(c) for c in chosen.choices[chosen.best]],
                      "changed": bool(best != chosen.best)}
         cv.update(selected=oof[best], selected_metric=float(metric[best]),
@@ -1076,44 +1070,37 @@ def _screen_features(problem, outcome, run, config, key, summary, *, evaluator,
     task, b = problem.task, config.budget
     subset = functools.partial(evaluator, columns=kept, size=evaluator.size)
     keys = jax.random.split(key, b.retrain_seeds)  # the candidates' retraining keys
-    joint = cv is not None and "selected" in cv and "candidates" in cv
+    joint = cv is not None and "selected" in cv  # cross-validated: every candidate
     candidates = (cv["candidates"].choices if joint else
                   np.asarray(summary["choice"], np.int32)[None])
     chosen = sel.select(subset, problem.space, candidates, keys=keys,
                         x_train=np.asarray(sub.x_train),
                         higher_is_better=task.higher_is_better,
                         ensemble=(task, sub) if b.ensemble else None)
-    j = 0 if not joint else chosen.best  # the split's pick; the folds' below
+    j = chosen.best  # the split's pick (the only candidate without folds)
     sign = 1.0 if task.higher_is_better else -1.0
-    if cv is not None and "selected" in cv and chosen.ensemble_val_out is not None:
+    if joint:
         oof, fold_test = _fold_outputs(evaluator, problem, cv["plan"], chosen.choices, keys,
                                        fold0_val=chosen.ensemble_val_out, columns=kept)
-        metric, loss = crossval.scores(task, oof, cv["y"])
-        j, _ = sel.one_se_choice(metric[:, None], chosen.params,
-                                 higher_is_better=task.higher_is_better, rule="best",
-                                 loss=loss)
+        j, metric, loss, rows = _out_of_fold_choice(task, oof, cv["y"], chosen)
         cv_metric, cv_loss = float(metric[j]), float(loss[j])
         cv_gain = sign * (cv_metric - cv["selected_metric"])
         better = cv_gain > 0 or (cv_gain == 0 and cv_loss < cv["selected_loss"])
         record["cross_validation"] = {"subset_val_metric": cv_metric,
                                       "subset_val_loss": cv_loss,
                                       "all_val_metric": cv["selected_metric"],
-                                      "all_val_loss": cv["selected_loss"]}
-        if joint:
-            record["cross_validation"]["subset_candidates"] = [
-                {"choice": [int(c) for c in ch], "val_metric": float(m), "val_loss": float(lo)}
-                for ch, m, lo in zip(chosen.choices, metric, loss)]
+                                      "all_val_loss": cv["selected_loss"],
+                                      "subset_candidates": rows}
         if predictions is not None:
-            predictions.update(cv_subset=oof[j], cv_subset_test=fold_test[j])
-            if joint:
-                predictions.update(cv_subset_candidates=oof)
+            predictions.update(cv_subset=oof[j], cv_subset_test=fold_test[j],
+                               cv_subset_candidates=oof)
         if better:
             cv.update(selected=oof[j], selected_metric=cv_metric, selected_loss=cv_loss)
     scores = {"val_metric": float(chosen.val[j].mean()),
               "test_metric": float(chosen.test[j].mean()),
               "test_metric_std": float(chosen.test[j].std()), "params": int(chosen.params[j]),
               **_ensemble_record(chosen, j)}
-    if "cross_validation" not in record:
+    if not joint:
         gain = sign * (scores["val_metric"] - summary["val_metric"])
         loss_sub = scores.get("ensemble", {}).get("val_loss")
         loss_all = summary.get("ensemble", {}).get("val_loss")
@@ -1157,6 +1144,21 @@ def _screen_features(problem, outcome, run, config, key, summary, *, evaluator,
     run.write_json("structure.json", {**structure, "features": record["kept"],
                                       "num_features": len(r)})
     return summary
+
+
+def _out_of_fold_choice(task, oof, y, chosen) -> tuple:
+    """(best, metric, loss, rows): the candidate of `chosen` (`selection.select`) with the
+    best out-of-fold metric of its outputs `oof` (N, rows, C) on `y` (ties: lower loss,
+    then fewer parameters), every candidate's metric and loss, and their records."""
+    from structsel.search import selection as sel
+
+    metric, loss = crossval.scores(task, oof, y)
+    best, _ = sel.one_se_choice(metric[:, None], chosen.params,
+                                higher_is_better=task.higher_is_better, rule="best",
+                                loss=loss)
+    rows = [{"choice": [int(c) for c in ch], "val_metric": float(m), "val_loss": float(lo)}
+            for ch, m, lo in zip(chosen.choices, metric, loss)]
+    return best, metric, loss, rows
 
 
 def _ensemble_record(chosen, best: int) -> dict:
