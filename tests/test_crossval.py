@@ -92,24 +92,97 @@ def test_pooled_scores_against_numpy():
     np.testing.assert_allclose(metric, np.sqrt(((pred[..., 0] - t) ** 2).mean(-1)), rtol=1e-5)
 
 
-def test_a_small_table_search_decides_on_the_folds(tmp_path, interaction_csv):
+@pytest.mark.parametrize("task", [enumeration.Classification(3), enumeration.Regression()])
+def test_held_out_stopping_against_a_loop_by_hand(task):
+    # Oracle: plain Python loops in float64 numpy. Fold k's model (n, s) is taken at the
+    # checkpoint with the best mean metric of the other folds' models (n, s), ties to the
+    # later one; the outputs are the seeds' deep ensemble there.
+    rng = np.random.default_rng(2)
+    k, n, s, t, rows = 3, 2, 2, 5, 6
+    c = task.num_outputs
+    paths = rng.normal(size=(k, n, s, t, rows, c)).astype(np.float32)
+    y = (rng.integers(0, c, size=(k, rows)) if c > 1 else rng.normal(size=(k, rows)))
+    if c > 1:  # accuracy ties on 6 rows are common: the later checkpoint must win them
+        paths[:, :, :, 3] = paths[:, :, :, 1]
+    sign = 1.0 if task.higher_is_better else -1.0
+
+    def metric(out, target):
+        if c > 1:
+            return float((out.argmax(-1) == target).mean())
+        return float(np.sqrt(((out[:, 0] - target) ** 2).mean()))
+
+    def ensemble(outs):  # (S, rows, C)
+        if c > 1:
+            p = np.exp(outs - outs.max(-1, keepdims=True))
+            p /= p.sum(-1, keepdims=True)
+            return np.log(p.mean(0))
+        return outs.mean(0)
+
+    out, chosen = crossval.held_out_stopping(task, paths, y)
+    assert out.shape == (k, n, rows, c) and chosen.shape == (k, n, s)
+    for fold in range(k):
+        for i in range(n):
+            picked = []
+            for seed in range(s):
+                means = [np.mean([metric(paths[j, i, seed, step], y[j])
+                                  for j in range(k) if j != fold]) for step in range(t)]
+                best = max(range(t), key=lambda step: (round(sign * means[step], 9), step))
+                assert chosen[fold, i, seed] == best
+                picked.append(paths[fold, i, seed, best])
+            # float32 log-softmax / mean inside against float64: 1e-5
+            np.testing.assert_allclose(out[fold, i], ensemble(np.stack(picked).astype(float)),
+                                       rtol=1e-5, atol=1e-5)
+
+
+def test_held_out_stopping_ignores_the_scored_fold():
+    # A fold whose own outputs are perfect at one checkpoint (its own stop would take it)
+    # is stopped where the other folds are best; changing a fold's own outputs never
+    # changes its stop.
+    task = enumeration.Classification(2)
+    k, t, rows = 3, 4, 10
+    y = np.tile(np.arange(2), (k, rows // 2))
+    right = np.stack([np.eye(2)[y[j]] * 5.0 for j in range(k)])    # (K, rows, 2) correct
+    wrong = -right
+    paths = np.broadcast_to(wrong[:, None, None, None], (k, 1, 1, t, rows, 2)).copy()
+    paths[1:, 0, 0, 2] = right[1:]  # folds 1, 2 right at checkpoint 2
+    paths[0, 0, 0, 0] = right[0]    # fold 0 right at checkpoint 0 only
+    _, chosen = crossval.held_out_stopping(task, paths, y)
+    assert chosen[0, 0, 0] == 2    # the other folds' best, not its own 0
+    assert chosen[1, 0, 0] == 2 and chosen[2, 0, 0] == 2
+    changed = paths.copy()
+    changed[0, 0, 0] = right[0]    # fold 0 right everywhere
+    assert crossval.held_out_stopping(task, changed, y)[1][0, 0, 0] == 2
+    with pytest.raises(ValueError, match="at least 2 folds"):
+        crossval.held_out_stopping(task, paths[:1], y[:1])
+
+
+@pytest.mark.parametrize("eval_every", [0, 20])
+def test_a_small_table_search_decides_on_the_folds(tmp_path, interaction_csv, eval_every):
     # End to end (a tiny ensembling budget with cv_rows on a 240-row CSV): the candidate
     # and the linear decision are the ones the pooled out-of-fold outputs in
-    # predictions.npz give; fold 0's rows are the split's validation rows and outputs.
+    # predictions.npz give; fold 0's rows are the split's validation rows (and, without
+    # early stopping, its outputs; with it the out-of-fold outputs are at the held-out
+    # stops, `crossval.held_out_stopping`).
     path = interaction_csv
     config = runner.search_config(
         data=str(path), target="y", space="mlp1", method="random",
-        budget="tiny,retrain_seeds=2,ensemble=1,train_steps=60,evaluations=6,cv_rows=1000",
+        budget="tiny,retrain_seeds=2,ensemble=1,train_steps=60,evaluations=6,cv_rows=1000,"
+               f"eval_every={eval_every}",
         gradient_boosting=False, workdir=str(tmp_path / "run"))
     summary = runner.run_search(config, progress=False)
-    pred = np.load(tmp_path / "run" / "predictions.npz")
+    with np.load(tmp_path / "run" / "predictions.npz") as npz:  # closed: no ResourceWarning
+        pred = dict(npz)
     cv = summary["cross_validation"]
     n_val = len(pred["y_val"])
     assert cv["folds"] == 4 and cv["rows"] == 192 == len(pred["cv_y"])
     assert cv["validation_rows"] == n_val and cv["training_rows"] == 144
     np.testing.assert_array_equal(pred["cv_y"][:n_val], pred["y_val"])
-    np.testing.assert_allclose(pred["cv_candidates"][:, :n_val], pred["candidates_val"],
-                               rtol=1e-6)
+    if eval_every:
+        assert cv["stopping"].startswith("held out")
+    else:
+        assert cv["stopping"] == "each model's own stop on its fold"
+        np.testing.assert_allclose(pred["cv_candidates"][:, :n_val], pred["candidates_val"],
+                                   rtol=1e-6)
     assert pred["cv_candidates_test"].shape[:2] == (len(pred["candidates"]), 3)
     acc = (pred["cv_candidates"].argmax(-1) == pred["cv_y"]).mean(-1)
     np.testing.assert_allclose([c["val_metric"] for c in cv["candidates"]], acc, rtol=1e-6)
@@ -171,7 +244,8 @@ def test_the_screening_chooses_candidate_and_columns_jointly_on_the_folds(tmp_pa
                "feature_screening=1",
         gradient_boosting=False, fallback=False, workdir=str(tmp_path / "run"))
     summary = runner.run_search(config, progress=False)
-    pred = np.load(tmp_path / "run" / "predictions.npz")
+    with np.load(tmp_path / "run" / "predictions.npz") as npz:  # closed: no ResourceWarning
+        pred = dict(npz)
     fs, y = summary["features"], pred["cv_y"]
     cands = [list(c) for c in pred["candidates"]]
     assert len(cands) == 5 and fs["proposed"] == [0, 1]

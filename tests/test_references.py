@@ -281,7 +281,8 @@ def test_a_search_writes_predictions_that_reproduce_its_decision(tmp_path, inter
                                   budget="tiny,retrain_seeds=2,ensemble=1,train_steps=60",
                                   gradient_boosting=False, workdir=str(tmp_path / "run"))
     summary = runner.run_search(config, progress=False)
-    pred = np.load(tmp_path / "run" / "predictions.npz")
+    with np.load(tmp_path / "run" / "predictions.npz") as npz:  # closed: no ResourceWarning
+        pred = dict(npz)
     task = enumeration.Classification(2)
     assert pred["y_val"].shape == (len(pred["selected_val"]),)
     assert pred["candidates_val"].shape[0] == len(pred["candidates"])

@@ -222,6 +222,18 @@ def test_cosine_schedule_warms_up_and_decays():
 
 # --- early stopping -------------------------------------------------------------------------
 
+def _stopping_case():
+    """A regression whose best validation step is neither the first nor the last (the
+    validation rows are the training rows with half the targets)."""
+    space = spaces.build_space("tabular", num_outputs=1, width=4)
+    tr = _splits(3, n=(16, 8, 8))
+    data, task = tr._replace(x_val=tr.x_train, y_val=0.5 * tr.y_train), Regression()
+    choice = jnp.asarray(space.vertex(np.array([1, 0, 0])))
+    w0 = space.family.init(jax.random.key(0), data.x_train[:1])
+    return space, data, task, choice, w0, dict(learning_rate=2e-2, weight_decay=0.0), \
+        jax.random.key(5)
+
+
 def test_early_stopping_returns_the_best_validation_weights(steps=40, every=15):
     """Oracle: with a constant learning rate the run of `steps` passes through the runs of
     fewer steps (same Adam state; minibatches would use the same keys fold_in(key, t)), so
@@ -230,13 +242,7 @@ def test_early_stopping_returns_the_best_validation_weights(steps=40, every=15):
     with the best validation RMSE. The validation rows are the training rows with half the
     targets: predictions move from ~0 to ~y and pass 0.5 y on the way, so the best step is
     neither the first nor the last."""
-    space = spaces.build_space("tabular", num_outputs=1, width=4)
-    tr = _splits(3, n=(16, 8, 8))
-    data, task = tr._replace(x_val=tr.x_train, y_val=0.5 * tr.y_train), Regression()
-    choice = jnp.asarray(space.vertex(np.array([1, 0, 0])))
-    w0 = space.family.init(jax.random.key(0), data.x_train[:1])
-    base = dict(learning_rate=2e-2, weight_decay=0.0)
-    key = jax.random.key(5)
+    space, data, task, choice, w0, base, key = _stopping_case()
     stopped, _, stop = jax.jit(lambda w: enumeration.fit_with_stopping(
         space.family, task, TrainConfig(steps=steps, eval_every=every, **base), choice, w,
         data, key=key))(w0)
@@ -251,6 +257,32 @@ def test_early_stopping_returns_the_best_validation_weights(steps=40, every=15):
     assert int(stop) == best
     for a, b in zip(jax.tree.leaves(stopped), jax.tree.leaves(runs[best])):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_the_checkpoint_path_holds_every_stop_candidate(steps=40, every=15):
+    """Oracle: the plain runs of t steps (as above). `val_path` must hold the validation
+    outputs of the weights at every checkpoint t (15, 30 and the rest block's 40), the
+    returned weights' outputs must be the path's entry at the stop, and the stop the last
+    best checkpoint of the path's metric."""
+    space, data, task, choice, w0, base, key = _stopping_case()
+    stopped, _, stop, path = jax.jit(lambda w: enumeration.fit_with_stopping(
+        space.family, task, TrainConfig(steps=steps, eval_every=every, **base), choice, w,
+        data, key=key, val_path=True))(w0)
+    checkpoints = [15, 30, 40]
+    apply = enumeration.forward(space.family, choice)
+    assert path.shape == (3, data.x_val.shape[0], 1)
+    for i, t in enumerate(checkpoints):
+        w = jax.jit(lambda w, t=t: enumeration.fit(
+            space.family, task, TrainConfig(steps=t, **base), choice, w, data, key=key)[0])(w0)
+        # float32 reassociation between the two programs: 1e-5 relative
+        np.testing.assert_allclose(path[i], apply(w, data.x_val), rtol=1e-5, atol=1e-6)
+    rmse = [float(task.metric(o, data.y_val)) for o in path]
+    i = max(range(3), key=lambda i: (-rmse[i], i))
+    assert int(stop) == checkpoints[i]
+    np.testing.assert_allclose(path[i], apply(stopped, data.x_val), rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="val_path needs early stopping"):
+        enumeration.fit_with_stopping(space.family, task, TrainConfig(steps=4, **base), choice,
+                                      w0, data, key=key, val_path=True)
 
 
 def test_early_stopping_ties_go_to_the_later_step():

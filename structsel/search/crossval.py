@@ -16,12 +16,20 @@ training rows, K = ceil(pool / validation rows) (at most `MAX_FOLDS`), so every 
 row is validated once; the last fold's block wraps around onto rows fold 0 validated
 already, which are counted once (fold 0's). The returned model is unchanged: fold 0's
 models, trained on the split's training rows.
+
+With early stopping (budget `eval_every`) each model keeps the checkpoint with the best
+metric on its fold's validation rows, so its score on those rows is optimistic, and a
+reference without a tuned stop (the linear model) is not. The out-of-fold outputs are
+therefore taken at the stop the *other* folds choose (`held_out_stopping`, from every
+checkpoint's outputs that the training returns with `Evaluator(val_path=True)`); the
+returned models keep their own stop.
 """
 from __future__ import annotations
 
 import math
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -105,6 +113,37 @@ def scores(task, outputs, y) -> tuple[np.ndarray, np.ndarray]:
     metric = np.asarray([float(task.metric(o, y)) for o in flat]).reshape(lead)
     loss = np.asarray([float(task.loss(o, y)) for o in flat]).reshape(lead)
     return metric, loss
+
+
+def held_out_stopping(task, paths, y_val) -> tuple[np.ndarray, np.ndarray]:
+    """Out-of-fold outputs whose early stop did not see the rows they are scored on.
+
+    `paths` (K, N, S, T, n_val, C): fold k's models (structure n, seed s) on fold k's
+    validation rows at each of the T early-stopping checkpoints (`Evaluator(val_path=)`);
+    `y_val` (K, n_val) the folds' validation targets. Each model's own stop chose the
+    checkpoint with the best metric on the very rows it is then scored on, an optimistic
+    score that a reference without a tuned stop (the linear model) does not get. Here fold
+    k's model (n, s) is stopped instead at the checkpoint t with the best mean metric
+    m[j, n, s, t] of the other folds' models of the same structure and seed on their own
+    validation rows (j != k; ties to the later checkpoint, as the stop itself; the means
+    rounded to 1e-9 so that float sums of equal counts tie). Returns (outputs (K, N,
+    n_val, C): the seeds' deep ensemble (`task.ensemble`) at those checkpoints, to `pool`;
+    checkpoints (K, N, S): the chosen indices t)."""
+    paths = jnp.asarray(paths, jnp.float32)
+    k, n, s, t = paths.shape[:4]
+    if k < 2:
+        raise ValueError(f"held-out stopping needs at least 2 folds, got paths of shape "
+                         f"{paths.shape}")
+    y_val = jnp.asarray(y_val)
+    per_fold = jax.vmap(jax.vmap(jax.vmap(task.metric, (0, None)), (0, None)), (0, None))
+    m = np.stack([np.asarray(per_fold(paths[i], y_val[i]), np.float64) for i in range(k)])
+    sign = 1.0 if task.higher_is_better else -1.0
+    others = np.einsum("ij,j...->i...", (1.0 - np.eye(k)) / (k - 1), m)  # (K, N, S, T)
+    score = np.round(sign * others, 9)
+    chosen = t - 1 - np.argmax(score[..., ::-1], axis=-1)  # the last best checkpoint
+    picked = np.take_along_axis(np.asarray(paths), chosen[..., None, None, None], axis=3)[:, :, :, 0]
+    ens = jax.vmap(jax.vmap(task.ensemble))(jnp.asarray(picked))  # (K, N, n_val, C)
+    return np.asarray(ens), chosen
 
 
 def reference_outputs(task, data, p: Plan) -> tuple[np.ndarray, np.ndarray]:

@@ -204,9 +204,12 @@ def fit(family, task, config: TrainConfig, structure, weights, data: Splits, *, 
 
 
 def fit_with_stopping(family, task, config: TrainConfig, structure, weights, data: Splits, *,
-                      key):
+                      key, val_path: bool = False):
     """`fit`, also returning the step whose weights are returned (config.steps without
-    early stopping).
+    early stopping): (weights, losses, stop). With `val_path` (early stopping only) also
+    the model's validation outputs after every block, (T, val rows, outputs), T =
+    ceil(steps / k): the checkpoints the stop chose among (`crossval.held_out_stopping`
+    re-chooses it on other rows).
 
     Early stopping in jittable form: the steps run as an outer `lax.scan` over blocks of
     k = config.eval_every steps (an inner `lax.scan`), plus a last block of steps mod k;
@@ -236,6 +239,9 @@ def fit_with_stopping(family, task, config: TrainConfig, structure, weights, dat
         return (optax.apply_updates(w, updates), opt_state), loss
 
     state = (weights, opt.init(weights))
+    if val_path and not config.eval_every:
+        raise ValueError("val_path needs early stopping (config.eval_every > 0): the "
+                         "checkpoints are its blocks")
     if not config.eval_every:
         (weights, _), losses = jax.lax.scan(body, state, jnp.arange(config.steps))
         return weights, losses, jnp.asarray(config.steps)
@@ -247,25 +253,28 @@ def fit_with_stopping(family, task, config: TrainConfig, structure, weights, dat
     def run_block(carry, start, size):
         state, best = carry
         state, losses = jax.lax.scan(body, state, start + jnp.arange(size))
-        score = sign * task.metric(apply(state[0], data.x_val), data.y_val)
+        out = apply(state[0], data.x_val)
+        score = sign * task.metric(out, data.y_val)
         better = score >= best[1]
         best = jax.tree.map(lambda new, old: jnp.where(better, new, old),
                             (state[0], score, start + size), best)
-        return (state, best), losses
+        return (state, best), (losses, out if val_path else None)
 
     best = (weights, -jnp.inf, jnp.asarray(0))
-    carry, losses = jax.lax.scan(lambda c, s: run_block(c, s, k), (state, best),
-                                 k * jnp.arange(blocks))
+    carry, (losses, path) = jax.lax.scan(lambda c, s: run_block(c, s, k), (state, best),
+                                         k * jnp.arange(blocks))
     losses = losses.reshape(-1)
     if rest:
-        carry, last = run_block(carry, jnp.asarray(blocks * k), rest)
+        carry, (last, last_out) = run_block(carry, jnp.asarray(blocks * k), rest)
         losses = jnp.concatenate([losses, last])
+        if val_path:
+            path = jnp.concatenate([path, last_out[None]])
     _, (weights, _, stop) = carry
-    return weights, losses, stop
+    return (weights, losses, stop, path) if val_path else (weights, losses, stop)
 
 
 def train_structure(family, task, config: TrainConfig, structure, data: Splits, *, key,
-                    outputs: bool = False, columns=None):
+                    outputs: bool = False, columns=None, val_path: bool = False):
     """Trains the discrete model at a vertex from scratch (w_0 ~ init(key)); its metrics.
 
     `structure`: the vertex as a one-hot Gamma or as a choice (see `forward`).
@@ -273,6 +282,8 @@ def train_structure(family, task, config: TrainConfig, structure, data: Splits, 
     first step whose training loss is not finite, -1 if none: `check_diverged`),
     "stop_step" (the step of the returned weights) with early stopping, and with `outputs`
     the model's outputs "val_out" / "test_out" on the validation and test rows (ensembles).
+    `val_path` (with early stopping): also "val_path", the validation outputs at every
+    checkpoint (`fit_with_stopping`), for stopping that does not see the rows scored.
     `columns`: None, or a 0/1 mask (d,) of the table's columns: the model on those columns
     alone (`features.mask_columns` on the data, `features.fan_in_rescale` on the initial
     weights), in the shapes of all columns so that one compiled program serves both.
@@ -283,8 +294,8 @@ def train_structure(family, task, config: TrainConfig, structure, data: Splits, 
     weights = family.init(k_init, data.x_train[:1])
     if columns is not None:
         weights = features.fan_in_rescale(family, weights, columns)
-    weights, losses, stop = fit_with_stopping(family, task, config, structure, weights, data,
-                                              key=k_batch)
+    weights, losses, stop, *path = fit_with_stopping(family, task, config, structure, weights,
+                                                     data, key=k_batch, val_path=val_path)
     apply = forward(family, structure)
     finite = jnp.isfinite(losses)
     out = {"train_loss": losses[-1],
@@ -296,6 +307,8 @@ def train_structure(family, task, config: TrainConfig, structure, data: Splits, 
     if outputs:
         out["val_out"] = apply(weights, data.x_val)
         out["test_out"] = apply(weights, data.x_test)
+    if val_path:
+        out["val_path"] = path[0]
     return out
 
 
@@ -315,7 +328,7 @@ def check_diverged(scores: dict, labels: Sequence, learning_rate: float) -> None
 
 
 def train_structures(family, task, config: TrainConfig, structures, data: Splits, *, keys,
-                     outputs: bool = False, valid=None, columns=None):
+                     outputs: bool = False, valid=None, columns=None, val_path: bool = False):
     """`train_structure` over a batch of vertices and `keys`; metrics (num_structures, num_seeds).
 
     `structures` is either Gamma with a leading batch axis on every leaf (the supernet at
@@ -328,12 +341,13 @@ def train_structures(family, task, config: TrainConfig, structures, data: Splits
     `valid` (choices only): a bool array (num_structures,); a structure marked False is
     not trained (`lax.cond` inside the map skips it) and its rows are zeros. A caller
     that pads a batch to a fixed size to reuse one compiled program marks the padding
-    rows so, instead of training them for nothing. `columns`: see `train_structure`.
+    rows so, instead of training them for nothing. `columns`, `val_path`: see
+    `train_structure`.
     """
     def per_structure(structure):
         return jax.vmap(lambda k: train_structure(family, task, config, structure, data,
-                                                  key=k, outputs=outputs,
-                                                  columns=columns))(keys)
+                                                  key=k, outputs=outputs, columns=columns,
+                                                  val_path=val_path))(keys)
     if isinstance(structures, (tuple, list)):
         if valid is not None:
             raise ValueError("valid applies to choices (lax.map over structures), not to "

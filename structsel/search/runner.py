@@ -402,18 +402,20 @@ def final_problem(problem: Problem) -> Problem:
 
 @functools.lru_cache(maxsize=32)
 def _compiled_trainer(family, task, config: TrainConfig, outputs: bool = False,
-                      mesh: jax.sharding.Mesh | None = None, columns: bool = False):
+                      mesh: jax.sharding.Mesh | None = None, columns: bool = False,
+                      val_path: bool = False):
     """jit(train_structures) per (family, task, config, outputs, mesh, columns), cached
     across runs. The data is an argument, not a closed-over constant: smaller programs, one
     compilation for all runs. With a "runs" mesh (`devices.run_mesh`) each device trains
     its slice of the structures (`shard_map`, no collectives): the same per-structure
     program, so the same numbers as on one device. `columns`: the program takes a column
     mask (d,) too (`train_structures`), so that a subset of a table's columns trains with
-    the program of all of them."""
+    the program of all of them. `val_path`: the validation outputs at every checkpoint
+    too (`train_structures`)."""
     def train(structures, keys, data, valid, *mask):
         return train_structures(family, task, config, structures, data, keys=keys,
                                 outputs=outputs, valid=valid,
-                                columns=mask[0] if columns else None)
+                                columns=mask[0] if columns else None, val_path=val_path)
     if mesh is None:
         return jax.jit(train)
     from jax.sharding import PartitionSpec as P
@@ -435,11 +437,17 @@ class Evaluator:
     `__call__(choices, keys)` returns {"val_metric", "test_metric", "train_loss"} as numpy
     arrays (num_structures, num_seeds); `count` is the number of (structure, seed) trainings.
     With `outputs=True` also "val_out" / "test_out", the models' outputs on those rows
-    (num_structures, num_seeds, rows, outputs), for the deep ensemble of the seeds.
+    (num_structures, num_seeds, rows, outputs), for the deep ensemble of the seeds, and
+    with `val_path` (early stopping) "val_path", the validation outputs at every
+    checkpoint (num_structures, num_seeds, checkpoints, rows, outputs): the
+    cross-validated decisions re-choose each fold's stop on the other folds
+    (`crossval.held_out_stopping`).
     """
 
-    def __init__(self, problem: Problem, *, progress: bool = False, min_size: int = 1):
+    def __init__(self, problem: Problem, *, progress: bool = False, min_size: int = 1,
+                 val_path: bool = False):
         self.problem, self.progress, self.count = problem, progress, 0
+        self.val_path = val_path and bool(problem.budget.eval_every)
         self.min_size = min_size  # the smallest padded batch (a prewarmed one, reused)
         self.size = None  # the padded batch size of the last call
 
@@ -476,7 +484,8 @@ class Evaluator:
 
     def _fn(self, outputs: bool, mesh):
         space, task, cfg = self.problem.space, self.problem.task, self.problem.budget.train
-        return _compiled_trainer(space.family, task, cfg, outputs, mesh, self._masked())
+        return _compiled_trainer(space.family, task, cfg, outputs, mesh, self._masked(),
+                                 outputs and self.val_path)
 
     def _costs(self, choices) -> np.ndarray:
         """A proxy of each structure's training time: its parameters that reach the output
@@ -719,9 +728,11 @@ def _search_and_write(run, config, ds, problem, method, progress, start, *, outc
     """The search, the retrain and the reviews of `run_search`, writing into `run`;
     summary.json last (its presence says the run finished). `outcome`: the run's search
     already done (`run_search_many`, shared by `batched` runs)."""
-    evaluator = Evaluator(problem, progress=progress)
     final = final_problem(problem)  # the proposals are retrained at the final width
-    retrainer = evaluator if final is problem else Evaluator(final, progress=progress)
+    cv = _cv_state(config, final)  # cross-validated decisions: held-out stops need the paths
+    evaluator = Evaluator(problem, progress=progress, val_path=cv is not None and final is problem)
+    retrainer = (evaluator if final is problem else
+                 Evaluator(final, progress=progress, val_path=cv is not None))
     key = prng_key(config.seed)
     k_search, k_retrain = jax.random.split(key)
     # Next to the search, in a thread: the references' fits and the compilation of the
@@ -767,7 +778,6 @@ def _search_and_write(run, config, ds, problem, method, progress, start, *, outc
                        "nothing: a full-batch search")
             base["data_parallel"] = {"devices": int(problem.mesh.size), "sharded": sharded}
         predictions = {}  # outputs on the validation / test rows, for predictions.npz
-        cv = _cv_state(config, final)
         if outcome.choices is None:  # a method with its own structure space (AdaNet)
             report = outcome.extra["adanet"]
             summary = {**base, "space": "adanet", "selected": {
@@ -938,9 +948,11 @@ def _retrain_selected(problem, evaluator, outcome, run, config, key, base, *,
     if cv is not None and chosen.ensemble_val_out is not None:
         start = time.perf_counter()
         oof, fold_test = _fold_outputs(evaluator, problem, cv["plan"], chosen.choices,
-                                       retrain_keys, fold0_val=chosen.ensemble_val_out)
+                                       retrain_keys, fold0_val=chosen.ensemble_val_out,
+                                       fold0_path=chosen.val_path)
         best, metric, loss, rows = _out_of_fold_choice(problem.task, oof, cv["y"], chosen)
-        cv_record = {**crossval.record(cv["plan"]), "candidates": rows,
+        cv_record = {**crossval.record(cv["plan"]), "stopping": _stopping(chosen),
+                     "candidates": rows,
                      "split_choice": [int(c) for c in chosen.choices[chosen.best]],
                      "changed": bool(best != chosen.best)}
         cv.update(selected=oof[best], selected_metric=float(metric[best]),
@@ -1081,7 +1093,8 @@ def _screen_features(problem, outcome, run, config, key, summary, *, evaluator,
     sign = 1.0 if task.higher_is_better else -1.0
     if joint:
         oof, fold_test = _fold_outputs(evaluator, problem, cv["plan"], chosen.choices, keys,
-                                       fold0_val=chosen.ensemble_val_out, columns=kept)
+                                       fold0_val=chosen.ensemble_val_out,
+                                       fold0_path=chosen.val_path, columns=kept)
         j, metric, loss, rows = _out_of_fold_choice(task, oof, cv["y"], chosen)
         cv_metric, cv_loss = float(metric[j]), float(loss[j])
         cv_gain = sign * (cv_metric - cv["selected_metric"])
@@ -1186,24 +1199,41 @@ def _cv_state(config: SearchConfig, problem: Problem) -> dict | None:
 
 
 def _fold_outputs(evaluator, problem: Problem, plan: crossval.Plan, choices, keys, *,
-                  fold0_val, columns=None) -> tuple[np.ndarray, np.ndarray]:
+                  fold0_val, fold0_path=None, columns=None) -> tuple[np.ndarray, np.ndarray]:
     """Out-of-fold deep-ensemble outputs of each structure: (N, rows, C) pooled over the
     folds, fold 0's being `fold0_val` (N, n_val, C) (the split's, already trained), and
     (N, K - 1, n_test, C) the other folds' models' outputs on the test rows. Each fold
-    trains with the same keys and the evaluator's compiled program (same shapes)."""
+    trains with the same keys and the evaluator's compiled program (same shapes).
+
+    With `fold0_path` (fold 0's checkpoint outputs, `Selection.val_path`) and an evaluator
+    that returns them (`Evaluator(val_path=)`), every fold's models are scored at the stop
+    the other folds choose (`crossval.held_out_stopping`), not at their own stop, chosen
+    on the rows scored; the returned models keep their own stop."""
     from structsel.search import selection as sel
 
     vals, tests = [np.asarray(fold0_val)], []
+    paths, y_val = [fold0_path], [np.asarray(problem.data.y_val)]
     for k in range(1, plan.folds):
         fold = crossval.fold_splits(problem.data, plan, k)
-        ev = Evaluator(problem._replace(data=fold), progress=evaluator.progress)
+        ev = Evaluator(problem._replace(data=fold), progress=evaluator.progress,
+                       val_path=evaluator.val_path)
         out = ev(choices, keys, outputs=True, columns=columns, size=evaluator.size)
         *_, val_out, test_out = sel._ensemble_scorer(problem.task)(
             out["val_out"], fold.y_val, out["test_out"], fold.y_test)
         vals.append(np.asarray(val_out))
         tests.append(np.asarray(test_out))
+        paths.append(out.get("val_path"))
+        y_val.append(np.asarray(fold.y_val))
         evaluator.count += ev.count
+    if all(p is not None for p in paths):
+        vals = crossval.held_out_stopping(problem.task, np.stack(paths), np.stack(y_val))[0]
     return crossval.pool(np.stack(vals), plan), np.stack(tests, axis=1)
+
+
+def _stopping(chosen) -> str:
+    """How the out-of-fold outputs were stopped (`_fold_outputs`), for summary.json."""
+    return ("held out: each fold's models at the checkpoint the other folds choose"
+            if chosen.val_path is not None else "each model's own stop on its fold")
 
 
 def _cv_references(task, data, cv: dict, predictions: dict) -> dict:

@@ -47,6 +47,9 @@ class Selection(NamedTuple):
     ensemble_val_loss: np.ndarray | None = None   # (N,) the ensemble's validation loss
     ensemble_val_out: np.ndarray | None = None    # (N, val rows, outputs) its outputs
     ensemble_test_out: np.ndarray | None = None   # (N, test rows, outputs)
+    # (N, S, checkpoints, val rows, outputs): each model's validation outputs at every
+    # early-stopping checkpoint, when the evaluator returns them (`Evaluator(val_path=)`)
+    val_path: np.ndarray | None = None
 
 
 RULES = ("best", "one_se")
@@ -125,9 +128,11 @@ def select(evaluator, space, candidates, *, keys, x_train, higher_is_better: boo
     else:
         best, tol = one_se_choice(scores["val_metric"], params,
                                   higher_is_better=higher_is_better, rule=rule)
+    path = scores.get("val_path")
     return Selection(choices, params, np.asarray(scores["val_metric"]),
                      np.asarray(scores["test_metric"]), best, tol, higher_is_better,
-                     ens_val, ens_test, ens_loss, val_out, test_out)
+                     ens_val, ens_test, ens_loss, val_out, test_out,
+                     None if path is None else np.asarray(path))
 
 
 def front_record(selection: Selection, space, candidates, labels: Sequence) -> dict:
