@@ -35,7 +35,6 @@ import platform
 import shutil
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import numpy as np
 

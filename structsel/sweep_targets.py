@@ -373,7 +373,7 @@ class Search:
                 continue
             kind = {"int": int, "float": float}.get(f.type)
             parse = (_number(f.name, kind=kind, minimum=0) if kind else _text(f.name))
-            keys.append(Key(f.name, parse, None, True, f"budget field (default: the preset's)"))
+            keys.append(Key(f.name, parse, None, True, "budget field (default: the preset's)"))
         return {k.name: k for k in keys}
 
     def check(self, setting: Mapping[str, Any]) -> None:
