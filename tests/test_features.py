@@ -206,3 +206,109 @@ def test_a_subset_of_columns_reuses_the_all_column_program_and_reads_only_those_
     for k in sub:
         np.testing.assert_array_equal(sub[k], other[k])
     assert not np.array_equal(sub["val_out"], ev(choices[:1], keys, outputs=True)["val_out"])
+
+
+# --- skewed columns: normal scores through the training quantiles -------------------------
+
+def _skewed_splits(seed=0, n=200):
+    from structsel.search import enumeration
+
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 4))
+    x[:, 0] = np.exp(2 * x[:, 0])                      # lognormal: skewness ~ 6
+    x[:, 1] = rng.random(n) < 0.1                      # two values: skewed, 2 distinct
+    x[:, 3] = np.round(np.exp(1.5 * x[:, 3]), 1)       # ties, skewed, > 5 % distinct
+    x = x.astype(np.float32)
+    cut = (int(0.6 * n), int(0.8 * n))
+    return x, enumeration.Splits(x[:cut[0]], None, x[cut[0]:cut[1]], None, x[cut[1]:], None)
+
+
+def test_skewness_and_the_skewed_columns_against_scipy():
+    from scipy import stats
+
+    x, _ = _skewed_splits()
+    np.testing.assert_allclose(features.skewness(x), stats.skew(x.astype(np.float64), axis=0),
+                               rtol=1e-10, atol=1e-12)  # both float64 moments
+    assert features.skewness(np.ones((5, 1)))[0] == 0.0
+    # column 1 is skewed but has 2 distinct values (<= 5 % of the rows): levels, kept
+    np.testing.assert_array_equal(features.skewed_columns(x, 1.0), [0, 3])
+    np.testing.assert_array_equal(features.skewed_columns(x, 1.0, min_distinct=0.0), [0, 1, 3])
+    assert features.skewed_columns(x, 100.0).size == 0
+
+
+def test_quantile_normalise_gives_the_normal_scores_of_the_training_ranks():
+    from scipy import stats
+    from scipy.special import ndtri
+
+    x, sp = _skewed_splits()
+    q = features.quantile_normalise(sp, [0, 1, 3])
+    train = x[:len(sp.x_train)].astype(np.float64)
+    n = len(train)
+    # no ties: the score of each training row is Phi^-1((rank + 1/2) / n), standardised
+    z = ndtri((stats.rankdata(train[:, 0]) - 0.5) / n)
+    np.testing.assert_allclose(q.x_train[:, 0], (z - z.mean()) / z.std(), atol=2e-6)  # f32
+    # ties: each tied group gets the mean of its rows' scores (a loop by hand)
+    v = np.sort(train[:, 3])
+    s = ndtri((np.arange(n) + 0.5) / n)
+    by_hand = np.array([s[v == t].mean() for t in train[:, 3]])
+    np.testing.assert_allclose(q.x_train[:, 3], (by_hand - by_hand.mean()) / by_hand.std(),
+                               atol=2e-6)
+    # two values: exactly what standardisation gives them; untouched columns unchanged
+    b = train[:, 1]
+    np.testing.assert_allclose(q.x_train[:, 1], (b - b.mean()) / b.std(), atol=2e-6)
+    np.testing.assert_array_equal(q.x_val[:, 2], sp.x_val[:, 2])
+    # a monotone transform of a column changes nothing on the training rows; other rows
+    # interpolate between the training values (monotone, clamped at the extreme scores)
+    logged = sp._replace(**{k: np.log(getattr(sp, k)[:, :1]) for k in ("x_train", "x_val",
+                                                                        "x_test")})
+    np.testing.assert_allclose(features.quantile_normalise(logged, [0]).x_train[:, 0],
+                               q.x_train[:, 0], atol=1e-6)
+    order = np.argsort(sp.x_test[:, 0])
+    assert np.all(np.diff(q.x_test[order, 0]) >= 0)
+    assert q.x_test[:, 0].max() <= q.x_train[:, 0].max() + 1e-6
+    assert q.x_test[:, 0].min() >= q.x_train[:, 0].min() - 1e-6
+
+
+def test_tables_map_their_skewed_columns_for_the_networks_only(tmp_path, monkeypatch):
+    from structsel.data import make_dataset
+    from structsel.search import enumeration, retrain
+
+    x, _ = _skewed_splits(n=240)
+    y = (np.log(x[:, 0]) + x[:, 2] > 0).astype(np.int64)
+    ds = make_dataset(x, y, name="t")
+    b = runner.parse_budget("tabular")
+    assert b.quantile_skew == 1.0 and runner.parse_budget("default").quantile_skew == 0.0
+    for bad in ("-1", "inf"):
+        with pytest.raises(ValueError, match="budget quantile_skew must be a finite number"):
+            runner.parse_budget(f"tabular,quantile_skew={bad}")
+    problem = runner.make_problem(ds, "tabular", b)
+    assert problem.quantile_columns == (0, 3)
+    raw = enumeration.splits_of(ds)
+    expected = features.quantile_normalise(raw, [0, 3])
+    for k in ("x_train", "x_val", "x_test"):
+        np.testing.assert_array_equal(getattr(problem.data, k), getattr(expected, k))
+    off = runner.make_problem(ds, "tabular", runner.parse_budget("tabular,quantile_skew=0"))
+    assert off.quantile_columns == () and np.array_equal(off.data.x_train, raw.x_train)
+    wine = runner.load_data(dataset="wine", data=None, target=None, task=None, split_seed=0,
+                            budget=b)  # no column of wine is that skewed: unchanged
+    assert runner.make_problem(wine, "tabular", b).quantile_columns == ()
+    # end to end: recorded in summary.json and structure.json; retrain maps the same columns
+    path = tmp_path / "skewed.csv"
+    header = ",".join([f"x{j}" for j in range(4)] + ["y"])
+    np.savetxt(path, np.column_stack([x, y]), delimiter=",", header=header, comments="",
+               fmt="%.8g")
+    workdir = tmp_path / "s"
+    assert cli.main(["search", "--data", str(path), "--target", "y", "--method", "darts1",
+                     "--budget", "tiny,quantile_skew=1,ensemble=1,retrain_seeds=2",
+                     "--no-fallback", "--no-gradient-boosting", "--workdir", str(workdir),
+                     "--no-progress"]) == 0
+    summary = json.loads((workdir / "summary.json").read_text())
+    structure = json.loads((workdir / "structure.json").read_text())
+    assert summary["quantile_columns"] == structure["quantile_columns"] == [0, 3]
+    calls = []
+    real = features.quantile_normalise
+    monkeypatch.setattr(features, "quantile_normalise",
+                        lambda s, cols: calls.append(list(cols)) or real(s, cols))
+    rerun = retrain.run_retrain(structure=str(workdir / "structure.json"), data=str(path),
+                                target="y", seeds=2)
+    assert calls == [[0, 3]] and rerun["params"] == summary["params"]

@@ -166,7 +166,10 @@ def run_retrain(*, structure, data=None, target=None, task=None, dataset=None, s
         base.update(val_metric_std=0.0, test_metric_std=0.0)
     else:
         space, sub = rebuild(record, num_outputs=t.num_outputs)
-        splits = select_columns(enumeration.splits_of(ds, space.prepare), record)
+        splits = enumeration.splits_of(ds, space.prepare)
+        if record.get("quantile_columns"):  # the columns the search mapped to normal scores
+            splits = features.quantile_normalise(splits, record["quantile_columns"])
+        splits = select_columns(splits, record)
         keys = jax.random.split(runner.prng_key(seed), seeds)
         scores = train_discrete(sub, t, b.train, splits, keys=keys, outputs=b.ensemble)
         enumeration.check_diverged({k: v[None] for k, v in scores.items()},

@@ -85,6 +85,11 @@ class Budget:
     # (`structsel.search.crossval`; only with `ensemble`, whose outputs the folds score);
     # the returned models are unchanged
     cv_rows: int = 0
+    # tables: columns whose |skewness| on the training rows exceeds this (0: none), with
+    # more than 5 % distinct values, are mapped to normal scores through their training
+    # quantiles (`features.quantile_normalise`) for the networks; the references keep the
+    # standardised columns
+    quantile_skew: float = 0.0
     chunk: int = 32              # structures per call of the jitted evaluator
     mnist1d_samples: int = 4000  # size of the generated mnist1d set
     # restarts of a gradient search: one vmapped program, or lax.map (one after the other);
@@ -110,7 +115,11 @@ class Budget:
                                     "cv_rows") else 1
             if f.type in ("int",) and (not isinstance(value, int) or value < lower):
                 raise ValueError(f"budget {f.name} must be an int >= {lower}, got {value!r}")
-            if f.name == "weight_decay":
+            if f.name == "quantile_skew":
+                if not (isinstance(value, (int, float)) and 0 <= value < math.inf):
+                    raise ValueError(f"budget quantile_skew must be a finite number >= 0 "
+                                     f"(0: off), got {value!r}")
+            elif f.name == "weight_decay":
                 if not (isinstance(value, (int, float)) and 0 <= value < math.inf):
                     raise ValueError(f"budget weight_decay must be a finite number >= 0, "
                                      f"got {value!r}")
@@ -160,12 +169,13 @@ BUDGETS = {
     # AdamW with warm-up + cosine decay and early stopping on the validation metric, the
     # returned model retrained at width 64 with dropout 0.1 on the blocks' hidden units;
     # the search's inner steps on minibatches of 512 rows (full batch on smaller tables);
-    # on tables of fewer than 1000 training + validation rows the decisions cross-validated.
+    # on tables of fewer than 1000 training + validation rows the decisions cross-validated;
+    # columns with |skewness| > 1 (and > 5 % distinct values) mapped to normal scores.
     "tabular": Budget("tabular", width=16, train_steps=1500, learning_rate=3e-3,
                       batch_size=128, weight_decay=1e-2, schedule="cosine", warmup_steps=75,
                       eval_every=50, search_steps=100, inner_steps=5, search_batch_size=512,
                       retrain_width=64, dropout=0.1, ensemble=True, feature_screening=True,
-                      cv_rows=1000),
+                      cv_rows=1000, quantile_skew=1.0),
 }
 
 
@@ -364,18 +374,29 @@ class Problem(NamedTuple):
     budget: Budget
     dataset: str
     mesh: Any = None  # 1-D device mesh "data" of the search's minibatch rows, or None
+    # the table's columns mapped to normal scores (budget quantile_skew), indices
+    quantile_columns: tuple = ()
 
 
 def make_problem(ds: data_lib.Dataset, space_name: str, budget: Budget, *,
                  mesh=None) -> Problem:
     """Builds the space for the dataset's task and the (prepared) arrays; `mesh`
-    (`data_mesh`) splits the rows of the gradient search's minibatches over devices."""
+    (`data_mesh`) splits the rows of the gradient search's minibatches over devices. On a
+    table with budget `quantile_skew` the skewed columns are mapped to normal scores
+    (`features.skewed_columns`, `features.quantile_normalise`): every network of the run
+    (search, retraining, folds) reads them; `quantile_columns` lists them."""
     task = enumeration.task_of(ds)
     space = spaces.build_space(space_name, num_outputs=task.num_outputs, width=budget.width)
     if space.layout == "vector" and ds.x_train.ndim != 2:
         raise ValueError(f"space {space_name} needs tabular features (n, d)")
-    return Problem(space, task, enumeration.splits_of(ds, space.prepare), budget, ds.name,
-                   mesh)
+    data = enumeration.splits_of(ds, space.prepare)
+    quantile = ()
+    if budget.quantile_skew and space.layout == "vector":
+        quantile = tuple(int(j) for j in features.skewed_columns(ds.x_train,
+                                                                  budget.quantile_skew))
+        if quantile:
+            data = features.quantile_normalise(data, quantile)
+    return Problem(space, task, data, budget, ds.name, mesh, quantile)
 
 
 def data_mesh(devices) -> jax.sharding.Mesh | None:
@@ -767,6 +788,8 @@ def _search_and_write(run, config, ds, problem, method, progress, start, *, outc
                 "num_evaluations": int(outcome.num_evaluations), "search_time_s": search_time,
                 "budget": dataclasses.asdict(config.budget), "split": ds.split,
                 "metric": problem.task.metric_name, "workdir": str(run.workdir)}
+        if config.budget.quantile_skew and problem.space.layout == "vector":
+            base["quantile_columns"] = list(problem.quantile_columns)
         if batched:
             base["search_batched_runs"] = batched
         if problem.mesh is not None:
@@ -799,8 +822,9 @@ def _search_and_write(run, config, ds, problem, method, progress, start, *, outc
         # Compare with the constant and linear references (and HistGradientBoosting) on the
         # same split; return the linear model when the selection does not beat it.
         baselines = baselines.result()
-        cross_validated = (None if cv is None or "selected" not in cv else
-                           _cv_references(final.task, final.data, cv, predictions))
+        cross_validated = (None if cv is None or "selected" not in cv else  # standardised
+                           _cv_references(final.task, enumeration.splits_of(
+                               ds, final.space.prepare), cv, predictions))
         summary, decision = references.review(
             summary, problem.task, enumeration.splits_of(ds), family=final.space.family,
             choice=final.space.vertex(summary["choice"]) if "choice" in summary else None,
@@ -1018,7 +1042,8 @@ def _selection_summary(problem, outcome, run, config, base, chosen, best: int, *
              if config.data is None else None)
     if table is not None:
         summary.update(enumeration.regret_and_rank(table, choice))
-        summary["table_matches_budget"] = table_matches(table, config.budget)
+        summary["table_matches_budget"] = (table_matches(table, config.budget) and list(
+            table["settings"].get("quantile_columns", [])) == list(problem.quantile_columns))
         summary["restart_regrets"] = [enumeration.regret_and_rank(table, c)["regret"]
                                       for c in proposals]
         summary["table"] = str(enumeration.table_path(space.name, problem.dataset))
@@ -1034,6 +1059,7 @@ def _selection_summary(problem, outcome, run, config, base, chosen, best: int, *
                                       "task": problem.task.name,
                                       "width": config.budget.final_width,
                                       "budget": dataclasses.asdict(config.budget),
+                                      "quantile_columns": list(problem.quantile_columns),
                                       "num_outputs": problem.task.num_outputs})
     spaces.plot_cell(space, choice, run.path("cell.png"))
     if outcome.gamma_history is not None:
@@ -1278,6 +1304,8 @@ def run_enumeration(*, space: str, dataset: str, seeds: int = 3, seed: int = 0,
         choices=choices, params=params, val=scores["val_metric"], test=scores["test_metric"],
         higher_is_better=problem.task.higher_is_better,
         settings={"budget": dataclasses.asdict(b), "split": ds.split,
+                  **({"quantile_columns": list(problem.quantile_columns)}
+                     if problem.quantile_columns else {}),
                   "wall_time_s": time.perf_counter() - start,
                   "edges": list(problem.space.edge_labels)},
         command=command)
