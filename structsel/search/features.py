@@ -106,7 +106,7 @@ def skewed_columns(x_train, threshold: float,
     """Indices of the columns of x_train (n, d) whose |skewness| exceeds `threshold` and
     that hold more than `min_distinct` * n distinct values."""
     x = np.asarray(x_train, np.float64)
-    distinct = np.array([np.unique(x[:, j]).size for j in range(x.shape[1])])
+    distinct = 1 + (np.diff(np.sort(x, axis=0), axis=0) != 0).sum(0)  # per column, one sort
     return np.flatnonzero((np.abs(skewness(x)) > threshold) & (distinct > min_distinct * len(x)))
 
 
