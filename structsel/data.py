@@ -7,13 +7,19 @@ Classification labels may be numbers or text (a CSV column such as `g` / `h`): t
 distinct labels, sorted, become classes 0..C-1 and `Dataset.classes` records them (class i
 is `classes[i]`), so a model trained on one file can be scored on another with the same
 mapping (`make_dataset(..., classes=...)`).
+Feature columns of a table may hold text categories and missing values (`load_table`):
+`fit_encoding` decides on the training rows how each column becomes numbers (text: one
+indicator column per category; missing numbers: the training median plus an indicator
+column) and `apply_encoding` applies that record to any file with the same columns.
 Bad data raises `DataError` (a ValueError) with one line saying what is wrong.
 """
 
 from __future__ import annotations
 
+import collections
 import csv
 import pathlib
+import re
 import zipfile
 from typing import NamedTuple
 
@@ -42,6 +48,9 @@ class Dataset(NamedTuple):
     target_scale: tuple[float, float] = (0.0, 1.0)  # (mean, std) of the raw regression target
     split: dict | None = None  # seed and sizes, for the run record
     classes: tuple | None = None  # original label of each class 0..C-1 (None: regression)
+    # how a table's columns became the feature columns (`fit_encoding`); None: used as read
+    encoding: dict | None = None
+    feature_names: tuple | None = None  # name of each feature column (tables)
 
     @property
     def num_features(self) -> int:
@@ -193,28 +202,54 @@ def read_table(path: str | pathlib.Path, *, target: str | None = None
     column with a value that is not a number is read as text labels (array of str). The
     CSV is UTF-8 (a byte-order mark is skipped) separated by ',' or, when its header row
     holds more of them, ';', tab or '|'. Integer and float16 arrays of an .npz are
-    accepted (converted to float).
+    accepted (converted to float). Feature cells in `MISSING` (empty, 'NA', '?', ...) are
+    missing values (NaN). When every feature column is numeric the features are a float
+    array; when a column holds text categories (`column_kinds`) they are an object array
+    of the cells (numbers as float, text stripped, a missing text cell '').
     """
     path = pathlib.Path(path)
+    cells, y, names = _read_cells(path, target)
+    if np.issubdtype(cells.dtype, np.number):  # an .npz
+        return cells, y, names
+    kinds = column_kinds(cells, names, source=path)
+    numbers = {j: _numbers(cells[:, j])[0] for j, k in enumerate(kinds) if k == "numeric"}
+    if len(numbers) == len(names):
+        return np.stack([numbers[j] for j in range(len(names))], axis=1), y, names
+    x = np.array([[numbers[j][i] if j in numbers else _category(cells[i, j])
+                   for j in range(len(names))] for i in range(len(cells))], dtype=object)
+    return x, y, names
+
+
+def _read_cells(path: pathlib.Path, target: str | None
+                ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(features, target, names): an .npz's numeric x, or a CSV's cells (`_read_csv`)."""
     if path.is_dir():
         raise DataError(f"data file {path} is a directory; expected a .csv or .npz file")
     if not path.is_file():
         raise DataError(f"data file not found: {path}")
-    if path.suffix == ".npz":
-        try:
-            with np.load(path) as npz:
-                if "x" not in npz or "y" not in npz:
-                    raise DataError(f"{path}: .npz needs arrays 'x' and 'y', has "
-                                    f"{sorted(npz.files)}")
-                x, y = npz["x"], npz["y"]
-        except (OSError, ValueError, zipfile.BadZipFile) as err:
-            if isinstance(err, DataError):
-                raise
-            raise DataError(f"{path}: cannot read it as an .npz archive ("
-                            f"{str(err).splitlines()[0][:80]})") from None
-        if not np.issubdtype(x.dtype, np.number):
-            raise DataError(f"{path}: features must be numeric, got dtype {x.dtype}")
-        return x.reshape(len(x), -1), y, [f"x{i}" for i in range(int(np.prod(x.shape[1:])))]
+    return _read_npz(path) if path.suffix == ".npz" else _read_csv(path, target)
+
+
+def _read_npz(path: pathlib.Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    try:
+        with np.load(path) as npz:
+            if "x" not in npz or "y" not in npz:
+                raise DataError(f"{path}: .npz needs arrays 'x' and 'y', has "
+                                f"{sorted(npz.files)}")
+            x, y = npz["x"], npz["y"]
+    except (OSError, ValueError, zipfile.BadZipFile) as err:
+        if isinstance(err, DataError):
+            raise
+        raise DataError(f"{path}: cannot read it as an .npz archive ("
+                        f"{str(err).splitlines()[0][:80]})") from None
+    if not np.issubdtype(x.dtype, np.number):
+        raise DataError(f"{path}: features must be numeric, got dtype {x.dtype}")
+    return x.reshape(len(x), -1), y, [f"x{i}" for i in range(int(np.prod(x.shape[1:])))]
+
+
+def _read_csv(path: pathlib.Path, target: str | None
+              ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(feature cells as an (n, d) array of str, target, feature names) of a CSV file."""
     if path.suffix.lower() != ".csv":
         raise DataError(f"data file must be .csv or .npz, got {path.name}")
     try:
@@ -244,17 +279,12 @@ def read_table(path: str | pathlib.Path, *, target: str | None = None
         raise DataError(f"{path}: unknown target column {target!r}; columns are {header}")
     col = header.index(target)
     names = [h for i, h in enumerate(header) if i != col]
-    x = np.empty((len(body), len(names)))
+    cells = np.empty((len(body), len(names)), dtype=object)
     labels = []
     for r, row in enumerate(body, start=2):
         if len(row) != len(header):
             raise DataError(f"{path}: line {r} has {len(row)} fields, header has {len(header)}")
-        features = [v for i, v in enumerate(row) if i != col]
-        try:
-            x[r - 2] = [float(v) if v.strip() != "" else np.nan for v in features]
-        except ValueError:
-            bad = next(h for h, v in zip(names, features) if not _is_float(v))
-            raise DataError(f"{path}: line {r}, column {bad!r} is not numeric") from None
+        cells[r - 2] = [v.strip() for i, v in enumerate(row) if i != col]
         labels.append(row[col].strip())
     if all(_is_float(v) for v in labels):
         y = np.array([float(v) if v != "" else np.nan for v in labels])
@@ -263,10 +293,19 @@ def read_table(path: str | pathlib.Path, *, target: str | None = None
         if empty:
             raise DataError(f"{path}: line {empty[0]}, target column {target!r} is empty")
         y = np.array(labels, dtype=str)
-    return x, y, names
+    return cells, y, names
 
 
 _DELIMITERS = (",", ";", "\t", "|")
+# feature cells read as a missing value (compared after strip, case-insensitive): pandas'
+# default missing markers and UCI's '?'
+MISSING = frozenset({"", "?", "na", "n/a", "nan", "-nan", "null", "none", "#n/a", "<na>"})
+# a text column becomes one indicator column per category seen on at least
+# MIN_CATEGORY_ROWS training rows, at most MAX_CATEGORIES of them (the most frequent);
+# the others share one 'other' column
+MAX_CATEGORIES = 30
+MIN_CATEGORY_ROWS = 2
+_DECIMAL_COMMA = re.compile(r"^[-+]?\d+,\d+$")
 
 
 def _is_float(value: str) -> bool:
@@ -277,25 +316,211 @@ def _is_float(value: str) -> bool:
     return True
 
 
-def load_table(path: str | pathlib.Path, *, target: str | None = None, task: str | None = None,
-               seed: int = 0, **kwargs) -> Dataset:
-    """A CSV/.npz file as a split, standardised Dataset (see `read_table`; `kwargs` go to
-    `make_dataset`, e.g. `classes`)."""
-    x, y, names = read_table(path, target=target)
-    csv_file = pathlib.Path(path).suffix.lower() == ".csv"
-    bad = ~np.isfinite(np.asarray(x, dtype=np.float64))
-    if bad.any():
-        cols = [names[j] for j in np.nonzero(bad.any(0))[0]]
-        row = int(np.nonzero(bad.any(1))[0][0])
-        raise DataError(f"{path}: feature column(s) {cols[:5]} contain NaN, inf or empty "
-                        f"values (first at {f'line {row + 2}' if csv_file else f'row {row}'})")
-    try:
-        return make_dataset(x, y, name=pathlib.Path(path).stem, seed=seed, task=task, **kwargs)
-    except DataError as err:
-        column = f"column {target!r}" if target else ("the last column" if csv_file
-                                                      else "array 'y'")
-        raise DataError(f"{path} (target: {column}): {err}") from None
+def _missing(value) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in MISSING
+    return bool(np.isnan(value))
 
+
+def _category(value) -> str:
+    """A text cell as its category ('' for a missing value)."""
+    if not isinstance(value, str):
+        return "" if np.isnan(value) else f"{float(value):g}"
+    return "" if _missing(value) else value.strip()
+
+
+def _numbers(col: np.ndarray) -> tuple[np.ndarray, int | None]:
+    """(the column as float64 with NaN where a value is missing, row of the first cell that
+    is neither a number nor missing, or None)."""
+    if np.issubdtype(col.dtype, np.number):
+        return col.astype(np.float64), None
+    out, bad = np.full(len(col), np.nan), None
+    for i, v in enumerate(col):
+        if _missing(v):
+            continue
+        try:
+            out[i] = float(v)
+        except ValueError:
+            bad = i if bad is None else bad
+    return out, bad
+
+
+def column_kinds(cells: np.ndarray, names, *, source) -> list[str]:
+    """'numeric' or 'text' for each column of the (n, d) cells. A column is text when
+    fewer than half of its present cells are numbers; a column with a minority of text
+    cells (a typo in a numeric column) or with decimal commas, and a numeric column with
+    an infinite value raise DataError naming the column and the line."""
+    kinds = []
+    for j, name in enumerate(names):
+        col = cells[:, j]
+        values, bad = _numbers(col)
+        if bad is None:
+            if np.isinf(values).any():
+                row = int(np.nonzero(np.isinf(values))[0][0])
+                raise DataError(f"{source}: feature column(s) [{name!r}] contain inf (first at "
+                                f"{_where(source, row)})")
+            kinds.append("numeric")
+            continue
+        present = [i for i, v in enumerate(col) if not _missing(v)]
+        if all(_DECIMAL_COMMA.match(col[i]) for i in present if np.isnan(values[i])):
+            raise DataError(f"{source}: line {bad + 2}, column {name!r} is not numeric "
+                            f"({col[bad]!r}: a decimal comma? write numbers with '.')")
+        share = int(np.isfinite(values).sum() + np.isinf(values).sum())
+        if 2 * share >= len(present):
+            raise DataError(f"{source}: line {bad + 2}, column {name!r} is not numeric "
+                            f"({col[bad]!r}; {share} of its {len(present)} values are numbers)")
+        kinds.append("text")
+    return kinds
+
+
+def fit_encoding(x: np.ndarray, names, rows, *, source, kinds=None) -> dict | None:
+    """How each column becomes feature columns, decided on the training `rows`: None when
+    every column is numeric without a missing value (the table is used as read). Else a
+    JSON-able record {"columns": [...]}, one entry per column:
+    - numeric: {"name", "kind": "numeric"} plus, when the column has missing values,
+      "fill" (the median of its training values) and "indicator" (true when training
+      rows miss it: an extra 0/1 column 'name (missing)');
+    - text: {"name", "kind": "categorical", "categories", "other"}: one 0/1 column per
+      category (sorted; '' is the missing value), one column for the second when there
+      are exactly two and no other; with "other" an extra column for the pooled rare and
+      unseen categories (without it, an unseen category is all zeros);
+    - {"name", "kind": "dropped", "reason"}: a text column with no category on two
+      training rows (an identifier), or a column with one value / no value on them.
+    """
+    if kinds is None:
+        kinds = column_kinds(x, names, source=source)
+    rows = np.asarray(rows)
+    columns, plain = [], True
+    for j, (name, kind) in enumerate(zip(names, kinds)):
+        if kind == "text":
+            plain = False
+            train = [_category(v) for v in x[rows, j]]
+            counts = collections.Counter(train)
+            ranked = sorted(counts, key=lambda c: (-counts[c], c))
+            kept = [c for c in ranked if counts[c] >= MIN_CATEGORY_ROWS][:MAX_CATEGORIES]
+            other = any(c not in kept for c in train)
+            if not kept or (len(kept) == 1 and not other):
+                reason = ("no value repeats on the training rows (an identifier?)" if not kept
+                          else "one value on every training row")
+                columns.append({"name": name, "kind": "dropped", "reason": reason})
+                continue
+            columns.append({"name": name, "kind": "categorical", "categories": sorted(kept),
+                            "other": bool(other)})
+            continue
+        values = _numbers(x[:, j])[0]
+        entry = {"name": name, "kind": "numeric"}
+        missing = np.isnan(values)
+        if missing.any():
+            plain = False
+            train = values[rows]
+            if np.isnan(train).all():
+                columns.append({"name": name, "kind": "dropped",
+                                "reason": "no value on the training rows"})
+                continue
+            entry.update(fill=float(np.median(train[~np.isnan(train)])),
+                         indicator=bool(np.isnan(train).any()))
+        columns.append(entry)
+    return None if plain else {"columns": columns}
+
+
+def _where(source, row: int) -> str:
+    return f"line {row + 2}" if str(source).lower().endswith(".csv") else f"row {row}"
+
+
+def apply_encoding(x: np.ndarray, names, encoding: dict, *, source
+                   ) -> tuple[np.ndarray, list[str]]:
+    """(float64 feature columns, their names) of the table's cells `x` under `encoding`
+    (`fit_encoding`'s record, possibly of another file with the same columns). DataError
+    when the columns differ from the record's or a value does not fit it."""
+    recorded = [c["name"] for c in encoding["columns"]]
+    if list(names) != recorded:
+        raise DataError(f"{source}: the feature columns {list(names)} are not the "
+                        f"{recorded} that the model was trained on")
+    out, out_names = [], []
+    for j, c in enumerate(encoding["columns"]):
+        name = c["name"]
+        if c["kind"] == "numeric":
+            values, bad = _numbers(x[:, j])
+            if bad is not None:
+                raise DataError(f"{source}: {_where(source, bad)}, column {name!r} is not "
+                                f"numeric ({x[bad, j]!r}; the model reads a number)")
+            missing = np.isnan(values)
+            if missing.any() and "fill" not in c:
+                raise DataError(f"{source}: column {name!r} has missing values (first at "
+                                f"{_where(source, int(np.nonzero(missing)[0][0]))}); the "
+                                "model was trained without missing values there")
+            if np.isinf(values).any():
+                row = int(np.nonzero(np.isinf(values))[0][0])
+                raise DataError(f"{source}: feature column(s) [{name!r}] contain inf (first "
+                                f"at {_where(source, row)})")
+            out.append(np.where(missing, c.get("fill", 0.0), values))
+            out_names.append(name)
+            if c.get("indicator"):
+                out.append(missing.astype(np.float64))
+                out_names.append(f"{name} (missing)")
+        elif c["kind"] == "categorical":
+            values = np.array([_category(v) for v in x[:, j]], dtype=object)
+            cats = list(c["categories"])
+            used = cats[1:] if len(cats) == 2 and not c["other"] else cats
+            for cat in used:
+                out.append((values == cat).astype(np.float64))
+                out_names.append(f"{name}={cat if cat else '(missing)'}")
+            if c["other"]:
+                out.append((~np.isin(values, cats)).astype(np.float64))
+                out_names.append(f"{name}=(other)")
+    if not out:
+        raise DataError(f"{source}: no feature column is left "
+                        f"({', '.join(c['name'] + ': ' + c['reason'] for c in encoding['columns'])})")
+    return np.stack(out, axis=1), out_names
+
+
+def describe_encoding(encoding: dict | None) -> list[tuple[str, str]]:
+    """(label, text) rows on what the encoding did (none for a table used as read)."""
+    if not encoding:
+        return []
+    cols, rows = encoding["columns"], []
+    text = [c for c in cols if c["kind"] == "categorical"]
+    if text:
+        rows.append(("text columns", "as 0/1 columns per category: " + ", ".join(
+            f"{c['name']} ({len(c['categories'])}{' + other' if c['other'] else ''})"
+            for c in text)))
+    filled = [c for c in cols if c["kind"] == "numeric" and "fill" in c]
+    if filled:
+        rows.append(("missing values", "filled with the training median: " + ", ".join(
+            c["name"] + (" (+ indicator)" if c["indicator"] else "") for c in filled)))
+    dropped = [c for c in cols if c["kind"] == "dropped"]
+    if dropped:
+        rows.append(("dropped columns", ", ".join(f"{c['name']} ({c['reason']})"
+                                                   for c in dropped)))
+    return rows
+
+
+def load_table(path: str | pathlib.Path, *, target: str | None = None, task: str | None = None,
+               seed: int = 0, encoding: dict | None = None, **kwargs) -> Dataset:
+    """A CSV/.npz file as a split, standardised Dataset (see `read_table`; `kwargs` go to
+    `make_dataset`, e.g. `classes`). Text categories and missing values are encoded
+    (`fit_encoding` on the training rows of the split, or the given `encoding` of a
+    trained model); the record is `Dataset.encoding`."""
+    path = pathlib.Path(path)
+    x, y, names = _read_cells(path, target)
+    column = f"column {target!r}" if target else ("the last column" if path.suffix.lower()
+                                                  == ".csv" else "array 'y'")
+    try:
+        if encoding is None:
+            kinds = column_kinds(x, names, source=path)  # its errors before the split's
+            split = {k: kwargs[k] for k in ("val_fraction", "test_fraction") if k in kwargs}
+            train, _, _ = split_indices(len(y), seed=seed, **split)
+            encoding = fit_encoding(x, names, train, source=path, kinds=kinds)
+        if encoding is None:
+            features = np.stack([_numbers(x[:, j])[0] for j in range(len(names))], axis=1)
+        else:
+            features, names = apply_encoding(x, names, encoding, source=path)
+        ds = make_dataset(features, y, name=path.stem, seed=seed, task=task, **kwargs)
+    except DataError as err:
+        if str(err).startswith(str(path)):
+            raise
+        raise DataError(f"{path} (target: {column}): {err}") from None
+    return ds._replace(encoding=encoding, feature_names=tuple(names))
 
 def load(name: str, *, seed: int = 0, **kwargs) -> Dataset:
     """A named embedded dataset: one of SKLEARN_SETS or 'mnist1d'."""

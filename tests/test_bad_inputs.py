@@ -357,10 +357,11 @@ DATA = [
      ["at least 2 classes", "constant"]),
     ("constant regression target", _csv("a,b,y\n" + "\n".join(f"{i},{i % 3},1.5" for i in range(30))),
      [], ["target: the last column", "constant", "1.5"]),
-    ("NaN feature", _csv(GOOD.replace("\n", "\nnan,0.1,1\n", 1)), [],
-     ["feature column(s) ['a']", "NaN", "line 2"]),
     ("inf feature", _csv(GOOD + "\n0.1,inf,1"), [], ["feature column(s) ['b']", "line 32"]),
-    ("empty feature cell", _csv(GOOD + "\n,0.2,1"), [], ["feature column(s) ['a']", "empty"]),
+    ("missing value in a typed column", _csv(GOOD + "\n,high,1"), [],
+     ["line 32", "column 'b' is not numeric", "30 of its 31 values are numbers"]),
+    ("decimal comma", _csv("a;b;label\n" + "\n".join(f"{i},5;{i % 3};{i % 2}" for i in range(30))),
+     [], ["line 2", "column 'a' is not numeric", "'0,5'", "decimal comma"]),
     ("NaN target", _csv(GOOD + "\n0.1,0.2,nan"), [], ["target: the last column", "NaN or inf"]),
     ("inf target", _csv("a,b,y\n" + _rows() + "\n0.1,0.2,inf"), ["--target", "y"],
      ["target: column 'y'", "NaN or inf"]),
@@ -689,8 +690,8 @@ def test_supported_path_with_spaces_and_the_file_is_read_once(tmp_path, monkeypa
     folder.mkdir()
     (folder / "my table.csv").write_text("a,b,label\n" + _rows(60))
     calls, seen = [], []
-    read = data.read_table
-    monkeypatch.setattr(data, "read_table", lambda *a, **k: calls.append(a) or read(*a, **k))
+    read = data._read_cells
+    monkeypatch.setattr(data, "_read_cells", lambda *a, **k: calls.append(a) or read(*a, **k))
 
     class Started(Exception):
         pass

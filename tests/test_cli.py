@@ -28,10 +28,10 @@ BAD_DATA = {
         ["--data", str(_write_csv(tmp / "d.csv", ["a", "b", "label"],
                                   _good_rows()[:5] + [["x1", 0.5, 1]] + _good_rows()[5:]))],
         "not numeric"),
-    "nan": lambda tmp: (
+    "inf": lambda tmp: (
         ["--data", str(_write_csv(tmp / "d.csv", ["a", "b", "label"],
-                                  _good_rows()[:3] + [["nan", 0.1, 0]] + _good_rows()[3:]))],
-        "NaN"),
+                                  _good_rows()[:3] + [["inf", 0.1, 0]] + _good_rows()[3:]))],
+        "contain inf"),
     "one class": lambda tmp: (
         ["--data", str(_write_csv(tmp / "d.csv", ["a", "b", "label"],
                                   [[r[0], r[1], 1] for r in _good_rows()])),
@@ -191,3 +191,39 @@ def test_no_fallback_keeps_the_structure_and_retrain_counts_it_alike(tmp_path, c
     assert rerun["params"] == summary["params"]  # path counting on the rebuilt model
     assert rerun["split"] == summary["split"]
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_text_columns_and_missing_values_search_and_retrain(tmp_path, capsys):
+    """A table with a text column, a two-valued text column, missing numbers and an
+    identifier: the search encodes it on its training rows, says so on the terminal and
+    in summary.json / structure.json, and retrain applies the recorded encoding (same
+    columns, same params, the same selected model)."""
+    import json
+
+    rng = np.random.default_rng(3)
+    n = 120
+    a, b = rng.normal(size=n), rng.normal(size=n)
+    colour = rng.choice(["red", "green", "blue"], size=n)
+    label = np.where(a + (colour == "red") + 0.3 * rng.normal(size=n) > 0.4, "yes", "no")
+    rows = [["" if i % 11 == 0 else round(float(a[i]), 3), round(float(b[i]), 3), colour[i],
+             "MF"[i % 2], f"p{i}", label[i]] for i in range(n)]
+    data = _write_csv(tmp_path / "mixed.csv", ["a", "b", "colour", "sex", "id", "label"], rows)
+    workdir = tmp_path / "m"
+    assert cli.main(["search", "--data", str(data), "--space", "mlp1", "--method", "random",
+                     "--budget", "tiny", "--no-fallback", "--no-gradient-boosting",
+                     "--workdir", str(workdir), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    summary = json.loads((workdir / "summary.json").read_text())
+    structure = json.loads((workdir / "structure.json").read_text())
+    assert summary["encoding"] == structure["encoding"]
+    assert [c["kind"] for c in structure["encoding"]["columns"]] == [
+        "numeric", "numeric", "categorical", "categorical", "dropped"]
+    assert summary["feature_names"] == ["a", "a (missing)", "b", "colour=blue", "colour=green",
+                                        "colour=red", "sex=M"]
+    assert "text columns" in out and "colour (3), sex (2)" in out
+    assert "filled with the training median: a (+ indicator)" in out and "id (no value" in out
+    assert cli.main(["retrain", "--structure", str(workdir / "structure.json"), "--data",
+                     str(data), "--budget", "tiny", "--seeds", "1", "--no-progress"]) == 0
+    rerun = json.loads((workdir / "retrain" / "summary.json").read_text())
+    assert rerun["selected"] == summary["selected"] and rerun["params"] == summary["params"]
+    assert rerun["split"] == summary["split"]

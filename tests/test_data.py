@@ -48,7 +48,7 @@ def test_csv_roundtrip(tmp_path):
 @pytest.mark.parametrize("text,target,match", [
     ("a,b\n1,2\n", "c", "unknown target column 'c'"),
     ("a,b\n1,x\n2,3\n", "a", "column 'b' is not numeric"),  # a text *target* is labels
-    ("a,b\n1,\n2,3\n3,0\n", "a", "NaN"),
+    ("a,b\n1,inf\n2,3\n3,0\n", "a", "column\\(s\\) \\['b'\\] contain inf \\(first at line 2\\)"),
 ])
 def test_csv_errors(tmp_path, text, target, match):
     with pytest.raises(data.DataError, match=match):
@@ -99,3 +99,109 @@ def test_text_label_errors(tmp_path):
         data.load_table(_write(tmp_path / "e.csv", "a,c\n1,g\n2,\n3,h\n"), target="c")
     with pytest.raises(data.DataError, match="column 'a' is not numeric"):
         data.load_table(_write(tmp_path / "f.csv", "a,c\n1,g\nx,h\n3,h\n"), target="c")
+
+
+def _mixed_cells(n=240, seed=0):
+    """(cells as a CSV reader gives them, names, training rows): a numeric column with
+    missing values on and off the training rows, one with missing values only off them, a
+    text column with rare categories and a missing marker, a two-valued text column, an
+    identifier, and a category seen only off the training rows."""
+    rng = np.random.default_rng(seed)
+    train, val, test = data.split_indices(n, seed=seed)
+    a = rng.normal(size=n).round(3).astype(str).astype(object)
+    a[train[:9]] = ""
+    a[val[:3]] = "NA"
+    b = rng.normal(size=n).round(3).astype(str).astype(object)
+    b[test[:4]] = "?"
+    colour = rng.choice(["red", "green", "blue", "teal"], size=n, p=[.4, .3, .2, .1]).astype(object)
+    colour[train[:2]] = ["mauve", "ochre"]  # rare on the training rows: pooled as other
+    colour[train[2:6]] = "n/a"  # a missing marker: its own category ''
+    colour[test[0]] = "never-seen"
+    sex = rng.choice(["F", "M"], size=n).astype(object)
+    ident = np.array([f"id{i}" for i in range(n)], dtype=object)
+    cells = np.stack([a, b, colour, sex, ident], axis=1)
+    return cells, ["a", "b", "colour", "sex", "id"], train
+
+
+def test_encoding_matches_scikit_learn_imputer_and_one_hot():
+    """Oracle: scikit-learn fitted on the same training rows. SimpleImputer(median,
+    add_indicator) for the numbers (an indicator only where training rows miss the value),
+    OneHotEncoder(min_frequency=2, handle_unknown='infrequent_if_exist') for the text
+    column (rare and unseen categories share the infrequent column) and drop='if_binary'
+    for the two-valued one. Exact equality: both are 0/1 columns and medians of the same
+    numbers."""
+    from sklearn.impute import SimpleImputer
+    from sklearn.preprocessing import OneHotEncoder
+
+    cells, names, train = _mixed_cells()
+    encoding = data.fit_encoding(cells, names, train, source="t.csv")
+    x, out_names = data.apply_encoding(cells, names, encoding, source="t.csv")
+
+    def numbers(col):
+        return np.array([np.nan if v.strip().lower() in data.MISSING else float(v) for v in col])
+
+    nums = np.stack([numbers(cells[:, 0]), numbers(cells[:, 1])], axis=1)
+    imputer = SimpleImputer(strategy="median", add_indicator=True).fit(nums[train])
+    imputed = imputer.transform(nums)  # a, b, then the indicator of a (b misses none in train)
+    text = np.array([["" if v.lower() in data.MISSING else v] for v in cells[:, 2]])
+    onehot = OneHotEncoder(min_frequency=2, handle_unknown="infrequent_if_exist",
+                           sparse_output=False).fit(text[train])
+    binary = OneHotEncoder(drop="if_binary", sparse_output=False).fit(cells[train][:, 3:4])
+    expected = np.concatenate([imputed[:, :1], imputed[:, 2:3], imputed[:, 1:2],
+                               onehot.transform(text), binary.transform(cells[:, 3:4])], axis=1)
+    np.testing.assert_array_equal(x, expected)
+    assert out_names == ["a", "a (missing)", "b", "colour=(missing)", "colour=blue",
+                         "colour=green", "colour=red", "colour=teal", "colour=(other)", "sex=M"]
+    assert encoding["columns"][1] == {"name": "b", "kind": "numeric",
+                                      "fill": float(np.median(nums[train, 1])), "indicator": False}
+    assert encoding["columns"][4]["kind"] == "dropped" and "identifier" in \
+        encoding["columns"][4]["reason"]
+    # the row with a category never seen in training is in the 'other' column only
+    row = int(np.nonzero(cells[:, 2] == "never-seen")[0][0])
+    assert x[row, 3:9].tolist() == [0, 0, 0, 0, 0, 1]
+
+
+def test_encoding_is_a_json_record_applied_to_another_file(tmp_path):
+    """load_table fits the encoding on the split's training rows; the JSON round trip of
+    the record applied to a file with the same columns gives the same feature columns, an
+    unseen category of a column without 'other' is all zeros, and a file that does not fit
+    the record raises DataError naming the column."""
+    import json
+
+    cells, names, _ = _mixed_cells()
+    y = (np.arange(len(cells)) % 2).astype(str)
+    lines = [",".join(names + ["label"])] + [",".join([*r, t]) for r, t in zip(cells, y)]
+    path = _write(tmp_path / "m.csv", "\n".join(lines))
+    ds = data.load_table(path)
+    assert ds.num_features == 10 and ds.feature_names[-1] == "sex=M"
+    x, _, _ = data.read_table(path)  # the cells: numbers as float, text, '' for a gap
+    assert x.dtype == object and x[int(np.nonzero(cells[:, 2] == "n/a")[0][0]), 2] == ""
+    assert np.isnan(x[int(np.nonzero(cells[:, 0] == "")[0][0]), 0])
+    record = json.loads(json.dumps(ds.encoding))
+    again = data.load_table(path, encoding=record, seed=0)
+    np.testing.assert_array_equal(again.x_test, ds.x_test)
+    other = cells.copy()
+    other[:, 3] = "X"  # a value of the two-valued column that the model never saw: 0
+    xs, _ = data.apply_encoding(other, names, record, source="o.csv")
+    assert np.all(xs[:, 9] == 0)
+    with pytest.raises(data.DataError, match=r"feature columns \['a', 'b'\] are not"):
+        data.apply_encoding(cells[:, :2], names[:2], record, source="o.csv")
+    gaps = cells.copy()
+    gaps[5, 1] = ""
+    record["columns"][1] = {"name": "b", "kind": "numeric"}  # trained without gaps in b
+    with pytest.raises(data.DataError, match=r"column 'b' has missing values \(first at line 7\)"):
+        data.apply_encoding(gaps, names, record, source="o.csv")
+    bad = cells.copy()
+    bad[3, 0] = "high"
+    with pytest.raises(data.DataError, match="line 5, column 'a' is not numeric"):
+        data.apply_encoding(bad, names, record, source="o.csv")
+
+
+def test_numeric_tables_are_read_as_before(tmp_path):
+    """A table of numbers without gaps has no encoding: the features are the columns."""
+    rows = ["a,b,label"] + [f"{i * 0.1},{(i * 7) % 5},{i % 2}" for i in range(30)]
+    ds = data.load_table(_write(tmp_path / "n.csv", "\n".join(rows)))
+    x, _, names = data.read_table(tmp_path / "n.csv")
+    assert ds.encoding is None and ds.feature_names == ("a", "b") and x.dtype == np.float64
+    tr, _, _ = data.split_indices(30, seed=0)
+    np.testing.assert_allclose(ds.x_train, ((x - x[tr].mean(0)) / x[tr].std(0))[tr], atol=1e-6)

@@ -56,6 +56,9 @@ def read_structure(path: str | pathlib.Path) -> dict:
     return structure
 
 
+_KINDS = ("numeric", "categorical", "dropped")
+
+
 def _check_record(path: pathlib.Path, structure: dict) -> None:
     """The recorded split seed, outputs and classes have the types run_retrain uses."""
     split = structure.get("split")
@@ -68,6 +71,13 @@ def _check_record(path: pathlib.Path, structure: dict) -> None:
     if outputs is not None and (isinstance(outputs, bool) or not isinstance(outputs, int)
                                 or outputs < 1):
         raise ValueError(f"{path}: 'num_outputs' must be null or an int >= 1, got {outputs!r}")
+    encoding = structure.get("encoding")
+    if encoding is not None and not (isinstance(encoding, dict) and isinstance(
+            encoding.get("columns"), list) and all(
+            isinstance(c, dict) and "name" in c and c.get("kind") in _KINDS
+            for c in encoding["columns"])):
+        raise ValueError(f"{path}: 'encoding' must be null or an object with a list "
+                         f"'columns' of {{name, kind in {list(_KINDS)}}}, got {encoding!r}"[:300])
     if not isinstance(structure.get("classes") or [], list):
         raise ValueError(f"{path}: 'classes' must be null or a list of labels, got "
                          f"{structure['classes']!r}")
@@ -154,7 +164,8 @@ def run_retrain(*, structure, data=None, target=None, task=None, dataset=None, s
     if not linear:
         b = dataclasses.replace(b, width=int(record["width"]))
     ds = runner.load_data(dataset=dataset, data=data, target=target, task=task,
-                          split_seed=split_seed, budget=b, classes=record.get("classes"))
+                          split_seed=split_seed, budget=b, classes=record.get("classes"),
+                          encoding=record.get("encoding") if data is not None else None)
     t = enumeration.task_of(ds)
     if record.get("num_outputs") not in (None, t.num_outputs):
         raise ValueError(f"the structure was built for {record['num_outputs']} outputs, "

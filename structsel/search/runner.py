@@ -350,12 +350,15 @@ def search_config(*, data=None, target=None, task=None, dataset=None, space=None
 
 
 def load_data(*, dataset: str, data: str | None, target: str | None, task: str | None,
-              split_seed: int, budget: Budget, classes=None) -> data_lib.Dataset:
+              split_seed: int, budget: Budget, classes=None,
+              encoding: dict | None = None) -> data_lib.Dataset:
     """The split, standardised dataset (DataError on bad data). `classes`: the label of
-    each class 0..C-1 of a trained model (`structsel retrain`), None to derive them."""
+    each class 0..C-1 of a trained model (`structsel retrain`), None to derive them;
+    `encoding`: a trained model's record of how the table's text and missing values became
+    feature columns (`data.fit_encoding`), None to derive it from the training rows."""
     if data is not None:
         return data_lib.load_table(data, target=target, task=task, seed=split_seed,
-                                   classes=classes)
+                                   classes=classes, encoding=encoding)
     kwargs = {"num_samples": budget.mnist1d_samples} if dataset == "mnist1d" else {}
     if classes is not None:
         kwargs["classes"] = classes
@@ -584,13 +587,17 @@ def format_summary(summary: dict) -> str:
                            f"models: val {en['val_metric_single']:.4g}, test "
                            f"{en['test_metric_single']:.4g} +- {en['test_metric_single_std']:.2g})")
         values["params"] = f"{summary['params']} per model, {en['params_total']} in all"
-    fs = summary.get("features")
+    fs, names = summary.get("features"), summary.get("feature_names")
     if fs:
         n = len(fs["relevance"])
+
+        def named(cols):  # column indices, with the table's names when it has them
+            return f"{cols}" + ("" if not names or len(names) != n else
+                                f" ({', '.join(str(names[j]) for j in cols)})")
         values["features"] = (
             f"all {n} columns (no clearly separated group)" if fs["proposed"] is None else
-            f"all {n} columns (proposed {fs['proposed']}: not better on validation)"
-            if fs["kept"] == "all" else f"{len(fs['kept'])} of {n} columns: {fs['kept']}"
+            f"all {n} columns (proposed {named(fs['proposed'])}: not better on validation)"
+            if fs["kept"] == "all" else f"{len(fs['kept'])} of {n} columns: {named(fs['kept'])}"
             + (" (with another candidate than on all columns)" if fs.get("candidate_changed")
                else ""))
         if summary.get("fallback") and fs["kept"] != "all":
@@ -623,6 +630,11 @@ def format_summary(summary: dict) -> str:
             f"the selection's validation loss per row is lower by {vs['val_loss_gain']:.4g} "
             f"(SE {vs['se']:.2g}, {vs['rows']} rows)"
             + ("" if vs["decides"] else "; recorded, the metric decides"))))
+    rows += data_lib.describe_encoding(summary.get("encoding"))
+    if summary.get("quantile_columns"):
+        cols = summary["quantile_columns"]
+        rows.append(("normal scores", f"{len(cols)} skewed column(s) for the networks: " + ", ".join(
+            str(names[j]) if names else str(j) for j in cols)))
     if summary.get("classes") and any(isinstance(c, str) for c in summary["classes"]):
         rows.append(("classes", ", ".join(f"{i}: {c}" for i, c in enumerate(summary["classes"]))))
     width = max(len(k) for k, _ in rows)
@@ -835,6 +847,10 @@ def _search_and_write(run, config, ds, problem, method, progress, start, *, outc
         summary["warnings"] = divergence_warnings + summary["warnings"]
         if ds.classes is not None:
             summary["classes"] = list(ds.classes)
+        if ds.encoding is not None:  # text categories / missing values of a table
+            summary["encoding"] = ds.encoding
+        if ds.feature_names is not None:
+            summary["feature_names"] = list(ds.feature_names)
         if "table" in summary:  # the tables were computed on one split: like for like only on it
             table = enumeration.load_enumeration_table(problem.space.name, problem.dataset,
                                                        summary["table"])
@@ -847,7 +863,8 @@ def _search_and_write(run, config, ds, problem, method, progress, start, *, outc
                 problem.task, num_features=int(np.prod(ds.x_train.shape[1:])),
                 dataset=problem.dataset, replaces=structure, reason=decision.reason)
         run.write_json("structure.json", {**structure, "classes": summary.get("classes"),
-                                          "split": ds.split})
+                                          "split": ds.split,
+                                          **({"encoding": ds.encoding} if ds.encoding else {})})
         summary["wall_time_s"] = time.perf_counter() - start
         run.write_summary(summary)
         if not batched:  # finished: summary.json says so (a group's are its caller's)
