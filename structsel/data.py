@@ -108,8 +108,12 @@ def encode_labels(y: np.ndarray, classes=None) -> tuple[np.ndarray, tuple]:
 
 def make_dataset(x: np.ndarray, y: np.ndarray, *, name: str, seed: int = 0, task: str | None = None,
                  val_fraction: float = 0.2, test_fraction: float = 0.2,
-                 classes=None) -> Dataset:
-    """Validates, splits and standardises (x, y); `task` is inferred when None.
+                 classes=None, centred=()) -> Dataset:
+    """Validates, splits and standardises (x, y); `task` is inferred when None. The
+    columns listed in `centred` (0/1 indicator columns of an encoding) are centred with
+    their training mean but not scaled: a 0/1 column's unit is meaningful, and dividing a
+    rare category's column by its standard deviation (0.1 for 1 % of the rows) would
+    make its rows ten times the size of every other input.
 
     Labels (numbers or text) become classes 0..C-1 in sorted order, or in the order of
     `classes` when given (the mapping of a trained model; then C = len(classes)).
@@ -138,6 +142,7 @@ def make_dataset(x: np.ndarray, y: np.ndarray, *, name: str, seed: int = 0, task
                                test_fraction=test_fraction)
     mean, std = x[tr].mean(0), x[tr].std(0)
     std = np.where(std > 0, std, 1.0)
+    std[list(centred)] = 1.0
     xs = ((x - mean) / std).astype(np.float32)
     if task == "classification":
         ys, labels = encode_labels(y, classes)
@@ -474,6 +479,24 @@ def apply_encoding(x: np.ndarray, names, encoding: dict, *, source
     return np.stack(out, axis=1), out_names
 
 
+def indicator_columns(encoding: dict | None) -> list[int]:
+    """Indices of the 0/1 columns (categories, 'other', missing indicators) among the
+    feature columns that `apply_encoding` makes of `encoding`."""
+    out, j = [], 0
+    for c in (encoding or {"columns": []})["columns"]:
+        if c["kind"] == "numeric":
+            j += 1
+            if c.get("indicator"):
+                out.append(j)
+                j += 1
+        elif c["kind"] == "categorical":
+            cats = c["categories"]
+            k = (1 if len(cats) == 2 and not c["other"] else len(cats)) + bool(c["other"])
+            out += list(range(j, j + k))
+            j += k
+    return out
+
+
 def describe_encoding(encoding: dict | None) -> list[tuple[str, str]]:
     """(label, text) rows on what the encoding did (none for a table used as read)."""
     if not encoding:
@@ -500,7 +523,8 @@ def load_table(path: str | pathlib.Path, *, target: str | None = None, task: str
     """A CSV/.npz file as a split, standardised Dataset (see `read_table`; `kwargs` go to
     `make_dataset`, e.g. `classes`). Text categories and missing values are encoded
     (`fit_encoding` on the training rows of the split, or the given `encoding` of a
-    trained model); the record is `Dataset.encoding`."""
+    trained model); the record is `Dataset.encoding`, and its 0/1 columns are centred, not
+    scaled (`make_dataset`'s `centred`)."""
     path = pathlib.Path(path)
     x, y, names = _read_cells(path, target)
     column = f"column {target!r}" if target else ("the last column" if path.suffix.lower()
@@ -515,7 +539,8 @@ def load_table(path: str | pathlib.Path, *, target: str | None = None, task: str
             features = np.stack([_numbers(x[:, j])[0] for j in range(len(names))], axis=1)
         else:
             features, names = apply_encoding(x, names, encoding, source=path)
-        ds = make_dataset(features, y, name=path.stem, seed=seed, task=task, **kwargs)
+        ds = make_dataset(features, y, name=path.stem, seed=seed, task=task,
+                          centred=indicator_columns(encoding), **kwargs)
     except DataError as err:
         if str(err).startswith(str(path)):
             raise

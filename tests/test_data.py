@@ -174,6 +174,13 @@ def test_encoding_is_a_json_record_applied_to_another_file(tmp_path):
     path = _write(tmp_path / "m.csv", "\n".join(lines))
     ds = data.load_table(path)
     assert ds.num_features == 10 and ds.feature_names[-1] == "sex=M"
+    # the 0/1 columns are centred, not scaled; the numbers are standardised
+    ind = data.indicator_columns(ds.encoding)
+    assert [ds.feature_names[j] for j in ind] == [
+        n for n in ds.feature_names if "=" in n or n.endswith("(missing)")]
+    np.testing.assert_allclose(np.ptp(ds.x_train[:, ind], axis=0), 1.0, atol=1e-6)
+    np.testing.assert_allclose(ds.x_train.mean(0), 0.0, atol=1e-6)
+    np.testing.assert_allclose(ds.x_train[:, [0, 2]].std(0), 1.0, atol=1e-5)
     x, _, _ = data.read_table(path)  # the cells: numbers as float, text, '' for a gap
     assert x.dtype == object and x[int(np.nonzero(cells[:, 2] == "n/a")[0][0]), 2] == ""
     assert np.isnan(x[int(np.nonzero(cells[:, 0] == "")[0][0]), 0])
