@@ -254,7 +254,8 @@ def _read_npz(path: pathlib.Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
 
 def _read_csv(path: pathlib.Path, target: str | None
               ) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """(feature cells as an (n, d) array of str, target, feature names) of a CSV file."""
+    """(features, target, feature names) of a CSV file: the features are float64 when
+    every cell is a number, else the (n, d) cells as str."""
     if path.suffix.lower() != ".csv":
         raise DataError(f"data file must be .csv or .npz, got {path.name}")
     try:
@@ -298,7 +299,10 @@ def _read_csv(path: pathlib.Path, target: str | None
         if empty:
             raise DataError(f"{path}: line {empty[0]}, target column {target!r} is empty")
         y = np.array(labels, dtype=str)
-    return cells, y, names
+    try:  # a table of numbers (the common case) in one conversion
+        return cells.astype(np.float64), y, names
+    except ValueError:
+        return cells, y, names
 
 
 _DELIMITERS = (",", ";", "\t", "|")

@@ -212,3 +212,17 @@ def test_numeric_tables_are_read_as_before(tmp_path):
     assert ds.encoding is None and ds.feature_names == ("a", "b") and x.dtype == np.float64
     tr, _, _ = data.split_indices(30, seed=0)
     np.testing.assert_allclose(ds.x_train, ((x - x[tr].mean(0)) / x[tr].std(0))[tr], atol=1e-6)
+
+
+def test_npz_missing_values_are_filled_like_a_csv(tmp_path):
+    """NaN in an .npz's x is a missing value: the training median plus an indicator."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(50, 2))
+    x[[3, 7, 20], 1] = np.nan
+    np.savez(tmp_path / "d.npz", x=x, y=np.arange(50) % 2)
+    ds = data.load_table(tmp_path / "d.npz")
+    tr, _, _ = data.split_indices(50, seed=0)
+    col = ds.encoding["columns"][1]
+    assert col["fill"] == float(np.nanmedian(x[tr, 1]))
+    assert col["indicator"] == bool(np.isnan(x[tr, 1]).any())
+    assert ds.feature_names[:2] == ("x0", "x1") and np.isfinite(ds.x_train).all()
