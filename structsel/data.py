@@ -356,9 +356,12 @@ def _numbers(col: np.ndarray) -> tuple[np.ndarray, int | None]:
 
 def column_kinds(cells: np.ndarray, names, *, source) -> list[str]:
     """'numeric' or 'text' for each column of the (n, d) cells. A column is text when
-    fewer than half of its present cells are numbers; a column with a minority of text
-    cells (a typo in a numeric column) or with decimal commas, and a numeric column with
-    an infinite value raise DataError naming the column and the line."""
+    some present cell is not a number: codes mixing numbers and text (tickets, postcodes)
+    are text too. A column of mostly numbers whose other cells are one repeated value (a
+    missing-value marker not in `MISSING`) or under 5 % of its cells (typos), a column
+    with decimal commas, and
+    a numeric column with an infinite value raise DataError naming the column and the
+    line."""
     kinds = []
     for j, name in enumerate(names):
         col = cells[:, j]
@@ -373,11 +376,15 @@ def column_kinds(cells: np.ndarray, names, *, source) -> list[str]:
         present = [i for i, v in enumerate(col) if not _missing(v)]
         if all(_DECIMAL_COMMA.match(col[i]) for i in present if np.isnan(values[i])):
             raise DataError(f"{source}: line {bad + 2}, column {name!r} is not numeric "
-                            f"({col[bad]!r}: a decimal comma? write numbers with '.')")
+                            f"({col[bad]!r}: a decimal comma or a thousands separator? write "
+                            "numbers as 1234.5)")
         share = int(np.isfinite(values).sum() + np.isinf(values).sum())
-        if 2 * share >= len(present):
+        texts = {col[i] for i in present if np.isnan(values[i])}
+        rare = 20 * (len(present) - share) < len(present)  # under 5 % of the cells
+        if 2 * share >= len(present) and (len(texts) == 1 or rare):
             raise DataError(f"{source}: line {bad + 2}, column {name!r} is not numeric "
-                            f"({col[bad]!r}; {share} of its {len(present)} values are numbers)")
+                            f"({col[bad]!r}; {share} of its {len(present)} values are numbers; "
+                            "write a missing value as an empty cell or NA)")
         kinds.append("text")
     return kinds
 

@@ -226,3 +226,19 @@ def test_npz_missing_values_are_filled_like_a_csv(tmp_path):
     assert col["fill"] == float(np.nanmedian(x[tr, 1]))
     assert col["indicator"] == bool(np.isnan(x[tr, 1]).any())
     assert ds.feature_names[:2] == ("x0", "x1") and np.isfinite(ds.x_train).all()
+
+
+def test_codes_mixing_numbers_and_text_are_a_text_column(tmp_path):
+    """Tickets or postcodes (mostly numbers, several text values) are text categories; a
+    column of numbers with one repeated text value (an unknown missing marker) is an
+    error that says how to write a missing value."""
+    tickets = ["113803", "PC 17599", "A/5 21171", "113803", "STON/O2 3101282", "373450"] * 10
+    rows = ["ticket,a,label"] + [f"{t},{i * 0.1},{i % 2}" for i, t in enumerate(tickets)]
+    ds = data.load_table(_write(tmp_path / "t.csv", "\n".join(rows)))
+    column = ds.encoding["columns"][0]
+    assert column["kind"] == "categorical" and set(column["categories"]) == set(tickets)
+    rows = ["a,b,label"] + [f"{'unknown' if i % 7 == 0 else i * 0.1},{i % 3},{i % 2}"
+                            for i in range(40)]
+    with pytest.raises(data.DataError, match="line 2, column 'a' is not numeric \\('unknown'; "
+                                             "34 of its 40 values are numbers; write a missing"):
+        data.load_table(_write(tmp_path / "u.csv", "\n".join(rows)))
