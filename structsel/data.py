@@ -343,14 +343,15 @@ def _numbers(col: np.ndarray) -> tuple[np.ndarray, int | None]:
     is neither a number nor missing, or None)."""
     if np.issubdtype(col.dtype, np.number):
         return col.astype(np.float64), None
-    out, bad = np.full(len(col), np.nan), None
-    for i, v in enumerate(col):
-        if _missing(v):
-            continue
-        try:
-            out[i] = float(v)
-        except ValueError:
-            bad = i if bad is None else bad
+    parsed = {}  # each distinct cell parsed once: NaN for a gap, None for text
+    for v in col:
+        if v not in parsed:
+            try:
+                parsed[v] = np.nan if _missing(v) else float(v)
+            except ValueError:
+                parsed[v] = None
+    out = np.array([np.nan if parsed[v] is None else parsed[v] for v in col], dtype=np.float64)
+    bad = next((i for i, v in enumerate(col) if parsed[v] is None), None)
     return out, bad
 
 
@@ -443,6 +444,13 @@ def _where(source, row: int) -> str:
     return f"line {row + 2}" if str(source).lower().endswith(".csv") else f"row {row}"
 
 
+def _category_columns(c: dict) -> list[str]:
+    """The categories of a categorical record that get a 0/1 column: all, or the second
+    of exactly two without 'other' (the first is its complement)."""
+    cats = list(c["categories"])
+    return cats[1:] if len(cats) == 2 and not c["other"] else cats
+
+
 def apply_encoding(x: np.ndarray, names, encoding: dict, *, source
                    ) -> tuple[np.ndarray, list[str]]:
     """(float64 feature columns, their names) of the table's cells `x` under `encoding`
@@ -477,8 +485,7 @@ def apply_encoding(x: np.ndarray, names, encoding: dict, *, source
         elif c["kind"] == "categorical":
             values = np.array([_category(v) for v in x[:, j]], dtype=object)
             cats = list(c["categories"])
-            used = cats[1:] if len(cats) == 2 and not c["other"] else cats
-            for cat in used:
+            for cat in _category_columns(c):
                 out.append((values == cat).astype(np.float64))
                 out_names.append(f"{name}={cat if cat else '(missing)'}")
             if c["other"]:
@@ -501,8 +508,7 @@ def indicator_columns(encoding: dict | None) -> list[int]:
                 out.append(j)
                 j += 1
         elif c["kind"] == "categorical":
-            cats = c["categories"]
-            k = (1 if len(cats) == 2 and not c["other"] else len(cats)) + bool(c["other"])
+            k = len(_category_columns(c)) + bool(c["other"])
             out += list(range(j, j + k))
             j += k
     return out
@@ -547,7 +553,7 @@ def load_table(path: str | pathlib.Path, *, target: str | None = None, task: str
             train, _, _ = split_indices(len(y), seed=seed, **split)
             encoding = fit_encoding(x, names, train, source=path, kinds=kinds)
         if encoding is None:
-            features = np.stack([_numbers(x[:, j])[0] for j in range(len(names))], axis=1)
+            features = np.asarray(x, dtype=np.float64)  # numbers without gaps
         else:
             features, names = apply_encoding(x, names, encoding, source=path)
         ds = make_dataset(features, y, name=path.stem, seed=seed, task=task,
