@@ -17,6 +17,7 @@ Bad data or arguments print one line `structsel: error: ...` on stderr and exit 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import pathlib
 import sys
@@ -222,26 +223,72 @@ def _retrain(args) -> int:
     return 0
 
 
-def _redeliver_swallowed_interrupts() -> None:
-    """A Ctrl-C that Python raises inside a garbage-collection callback (jax registers one)
-    or a finaliser is reported as "Exception ignored" and lost: the run would go on. This
-    hook delivers it to the main thread again, 50 ms later from a timer thread
-    (`_thread.interrupt_main`), outside the callback, where the CLI reports it."""
+@contextlib.contextmanager
+def _persistent_interrupts():
+    """While the CLI runs, a Ctrl-C (SIGINT) reaches it even where Python code swallows it.
+
+    Python raises KeyboardInterrupt wherever the main thread is; jax has bare `except:`
+    clauses on its tracing and compilation paths (e.g. `except: return False` around
+    `operator.index`), a garbage-collection callback (jax registers one) reports it as
+    "Exception ignored", and either way the run went on (the SIGINT test failed that way
+    in sessions 23 and 30). This handler raises it and, until `main` has caught it, raises
+    it again every 0.25 s from a watcher thread (`_thread.interrupt_main`), except while
+    the main thread is handling a KeyboardInterrupt already (the cleanup that marks the
+    workdir interrupted is not cut short). Installed only from the main thread and only
+    over Python's default handler (an ignored SIGINT, under `nohup` or in a background
+    job, stays ignored); the default handler and the unraisable hook are restored on
+    leaving. Yields `handled()`, which the CLI calls once it has caught the interrupt."""
     import _thread
+    import signal
     import threading
+    import time
+
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield lambda: None
+        return
+    lock = threading.RLock()
+    state = {"pending": False, "owed": False}  # owed: a redelivery not yet seen
+
+    def redeliver():
+        while True:
+            time.sleep(0.25)
+            with lock:
+                if not state["pending"]:
+                    return
+                state["owed"] = True
+                _thread.interrupt_main()
+
+    def handler(signum, frame):
+        with lock:
+            redelivered, state["owed"] = state["owed"], False
+            handling = isinstance(sys.exc_info()[1], KeyboardInterrupt)
+            if redelivered and (handling or not state["pending"]):
+                return  # caught meanwhile, or its cleanup is running: nothing lost
+            if not state["pending"]:
+                state["pending"] = True
+                threading.Thread(target=redeliver, daemon=True,
+                                 name="structsel-interrupt").start()
+        raise KeyboardInterrupt
+
+    def handled():
+        with lock:
+            state["pending"] = False
 
     previous = sys.unraisablehook
-    if getattr(previous, "structsel_redelivers", False):
-        return
 
-    def hook(unraisable):
-        if unraisable.exc_type is not None and issubclass(unraisable.exc_type,
-                                                          KeyboardInterrupt):
-            threading.Timer(0.05, _thread.interrupt_main).start()
-            return
-        previous(unraisable)
-    hook.structsel_redelivers = True
-    sys.unraisablehook = hook
+    def quiet(unraisable):  # the watcher delivers it again: no "Exception ignored" noise
+        if not (state["pending"] and unraisable.exc_type is not None
+                and issubclass(unraisable.exc_type, KeyboardInterrupt)):
+            previous(unraisable)
+    sys.unraisablehook = quiet
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield handled
+    finally:
+        handled()
+        sys.unraisablehook = previous
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _compilation_cache() -> None:
@@ -274,8 +321,13 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `structsel` console script; returns the exit code."""
     args = build_parser().parse_args(argv)
     devices_lib.use_cpu_cores()  # a CPU host: one device per core, runs side by side
-    _redeliver_swallowed_interrupts()
     _compilation_cache()
+    with _persistent_interrupts() as interrupt_handled:
+        return _run(args, interrupt_handled)
+
+
+def _run(args, interrupt_handled) -> int:
+    """The chosen subcommand, its errors reported as one line with an exit code."""
     try:
         _check_output_paths(args)
         return args.func(args)
@@ -290,6 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"structsel: error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
+        interrupt_handled()
         print("structsel: interrupted; the workdir's status.json says 'interrupted' and it "
               "has no summary.json (with --checkpoint-every, --resume continues it)",
               file=sys.stderr)

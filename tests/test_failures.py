@@ -212,30 +212,61 @@ def test_sigint_leaves_a_workdir_marked_interrupted(tmp_path):
     assert json.loads((workdir / "config.json").read_text())["config"]["method"] == "random"
 
 
-def test_a_ctrl_c_swallowed_by_a_gc_callback_is_delivered_again():
-    # Python reports an exception raised inside a gc callback (jax registers one) as
-    # "Exception ignored" and goes on: a Ctrl-C arriving there was lost, the run went on
-    # (seen with the search's background thread). Oracle: a subprocess whose gc callback
-    # receives SIGINT; without the CLI's hook the interrupt is lost, with it it arrives.
-    code = _DEFAULT_SIGINT + """
-import gc, os, signal, sys, time
+_SWALLOWED = _DEFAULT_SIGINT + """
+import contextlib, gc, os, signal, sys, time
 if sys.argv[1] == "hook":
     from structsel import cli
-    cli._redeliver_swallowed_interrupts()
+    guard = cli._persistent_interrupts()
+else:
+    guard = contextlib.nullcontext(lambda: None)
+def interrupt_here():
+    os.kill(os.getpid(), signal.SIGINT)
+    sum(range(1000))  # the handler runs here
 def callback(phase, info):
     if phase == "start" and not getattr(callback, "done", False):
         callback.done = True
-        os.kill(os.getpid(), signal.SIGINT)
-        sum(range(1000))  # the handler runs here, inside the callback
-gc.callbacks.append(callback)
-try:
-    gc.collect()
-    time.sleep(3)
-    print("lost")
-except KeyboardInterrupt:
-    print("delivered")
+        interrupt_here()
+with guard as handled:
+    try:
+        if sys.argv[2] == "gc":  # jax registers a gc callback
+            gc.callbacks.append(callback)
+            gc.collect()
+        else:  # jax's `try: operator.index(d); return True  except: return False`
+            try:
+                interrupt_here()
+            except:  # noqa: E722
+                pass
+        time.sleep(3)
+        print("lost")
+    except KeyboardInterrupt:
+        handled()
+        print("delivered")
+    time.sleep(0.6)  # no redelivery once handled
+print("done")
 """
+
+
+@pytest.mark.parametrize("where", ["gc", "bare_except"])
+def test_a_swallowed_ctrl_c_is_delivered_again(where):
+    # Python reports an exception raised inside a gc callback (jax registers one) as
+    # "Exception ignored" and goes on; jax's bare `except:` clauses on its tracing and
+    # compilation paths drop it outright: a Ctrl-C arriving there was lost and the run went
+    # on (the SIGINT test above failed that way in sessions 23 and 30). Oracle: a
+    # subprocess interrupted inside each; with Python's default handler the interrupt is
+    # lost, under the CLI's handler it arrives, once, and nothing is reported as ignored.
     for mode, want in (("plain", "lost"), ("hook", "delivered")):
-        out = subprocess.run([sys.executable, "-c", code, mode], capture_output=True,
-                             text=True, timeout=120)
-        assert out.stdout.strip() == want, (mode, out.stdout, out.stderr)
+        out = subprocess.run([sys.executable, "-c", _SWALLOWED, mode, where],
+                             capture_output=True, text=True, timeout=120)
+        assert out.stdout.split() == [want, "done"], (mode, out.stdout, out.stderr)
+        assert out.returncode == 0, (mode, out.stderr)
+        if mode == "hook":
+            assert "Exception ignored" not in out.stderr, out.stderr
+
+
+def test_the_cli_restores_the_sigint_handler():
+    # an in-process caller (a notebook, this test suite) keeps Python's own Ctrl-C
+    before = signal.getsignal(signal.SIGINT)
+    with cli._persistent_interrupts():
+        installed = signal.getsignal(signal.SIGINT) is not before
+    assert installed == (before is signal.default_int_handler)  # only over the default
+    assert signal.getsignal(signal.SIGINT) is before
