@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import csv
+import datetime
 import pathlib
 import re
 import zipfile
@@ -292,13 +293,14 @@ def _read_csv(path: pathlib.Path, target: str | None
             raise DataError(f"{path}: line {r} has {len(row)} fields, header has {len(header)}")
         cells[r - 2] = [v.strip() for i, v in enumerate(row) if i != col]
         labels.append(row[col].strip())
-    if all(_is_float(v) for v in labels):
-        y = np.array([float(v) if v != "" else np.nan for v in labels])
-    else:
-        empty = [r for r, v in enumerate(labels, start=2) if v == ""]
-        if empty:
-            raise DataError(f"{path}: line {empty[0]}, target column {target!r} is empty")
-        y = np.array(labels, dtype=str)
+    values, bad = _numbers(np.array(labels, dtype=object))
+    # a gap: an empty cell, or a missing-value marker among numbers ('none' can be a class)
+    gaps = [r for r, v in enumerate(labels) if v == "" or (bad is None and np.isnan(values[r]))]
+    if gaps:
+        raise DataError(f"{path}: the target column {target!r} has no value on {len(gaps)} "
+                        f"row(s) (first at line {gaps[0] + 2}: {labels[gaps[0]]!r}); remove "
+                        "those rows: a row without a label can be neither learned nor scored")
+    y = values if bad is None else np.array(labels, dtype=str)
     try:  # a table of numbers (the common case) in one conversion
         return cells.astype(np.float64), y, names
     except ValueError:
@@ -317,14 +319,6 @@ MIN_CATEGORY_ROWS = 2
 _DECIMAL_COMMA = re.compile(r"^[-+]?\d+,\d+$")
 
 
-def _is_float(value: str) -> bool:
-    try:
-        float(value)
-    except ValueError:
-        return value.strip() == ""
-    return True
-
-
 def _missing(value) -> bool:
     if isinstance(value, str):
         return value.strip().lower() in MISSING
@@ -338,21 +332,89 @@ def _category(value) -> str:
     return "" if _missing(value) else value.strip()
 
 
-def _numbers(col: np.ndarray) -> tuple[np.ndarray, int | None]:
-    """(the column as float64 with NaN where a value is missing, row of the first cell that
-    is neither a number nor missing, or None)."""
-    if np.issubdtype(col.dtype, np.number):
-        return col.astype(np.float64), None
-    parsed = {}  # each distinct cell parsed once: NaN for a gap, None for text
+# numbers as people write them in tables (`_number`): a currency sign before or after,
+# a percent sign after, thousands grouped by commas; ISO dates and date-times
+_UNITS = re.compile(r"^(?P<sign>[-+]?)(?P<pre>[$\u20ac\u00a3\u00a5]?)(?P<sign2>[-+]?)"
+                    r"(?P<int>\d{1,3}(?:,\d{3})+|\d+)(?P<frac>\.\d+)?\s?"
+                    r"(?P<post>%|[$\u20ac\u00a3\u00a5])?$")
+_DATE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})(?:[T ](\d{2}):(\d{2})(?::(\d{2}(?:\.\d+)?))?)?$")
+_EPOCH = datetime.date(1970, 1, 1).toordinal()
+FORMATS = ("currency", "percent", "thousands", "date")  # what `_number` reads, by name
+
+
+def _number(text: str, grouped: bool = False) -> tuple[float | None, tuple, bool]:
+    """(value, formats, unambiguous grouping) of a cell that `float` does not read:
+    '$1,200.50' -> 1200.5 ('currency', 'thousands'), '12.5%' -> 12.5 ('percent',),
+    '1,234,567' -> 1234567 ('thousands',), '2020-03-01' or '2020-03-01T12:00' -> days since
+    1970-01-01 ('date',); (None, (), False) for text. A single comma group without a currency sign or a
+    decimal point ('6,621': 6621, or 6.621 with a decimal comma) is read only with
+    `grouped` (the column has unambiguous groupings elsewhere)."""
+    text = text.strip()
+    m = _DATE.match(text)
+    if m:
+        y, mo, d, h, mi, sec = m.groups()
+        try:
+            day = datetime.date(int(y), int(mo), int(d)).toordinal() - _EPOCH
+        except ValueError:
+            return None, (), False
+        if h is not None and not (int(h) < 24 and int(mi) < 60 and float(sec or 0) < 60):
+            return None, (), False
+        seconds = 3600 * int(h or 0) + 60 * int(mi or 0) + float(sec or 0)
+        return day + seconds / 86400, ("date",), False
+    m = _UNITS.match(text)
+    if not m or (m["sign"] and m["sign2"]) or (m["pre"] and m["post"]):
+        return None, (), False
+    digits = m["int"]
+    clear = "," in digits and (digits.count(",") > 1 or bool(m["frac"]) or bool(m["pre"])
+                               or m["post"] not in (None, "%"))
+    if "," in digits and not (clear or grouped):
+        return None, (), False
+    value = float(digits.replace(",", "") + (m["frac"] or ""))
+    value = -value if "-" in (m["sign"] + m["sign2"]) else value
+    units = (("percent",) if m["post"] == "%" else ("currency",) if m["pre"] or m["post"]
+             else ()) + (("thousands",) if "," in digits else ())
+    return (value, units, clear) if units else (None, (), False)
+
+
+def _parse_column(col: np.ndarray) -> dict:
+    """{distinct cell: (value, formats)}: value NaN for a missing cell, None for text."""
+    parsed, clear = {}, False
     for v in col:
         if v not in parsed:
+            if _missing(v):
+                parsed[v] = (np.nan, ())
+                continue
             try:
-                parsed[v] = np.nan if _missing(v) else float(v)
+                parsed[v] = (float(v), ())
             except ValueError:
-                parsed[v] = None
-    out = np.array([np.nan if parsed[v] is None else parsed[v] for v in col], dtype=np.float64)
-    bad = next((i for i, v in enumerate(col) if parsed[v] is None), None)
+                value, units, unambiguous = _number(v)
+                parsed[v] = (value, units)
+                clear |= unambiguous
+    if clear:  # '6,621' next to '1,234.50' or '1,234,567': a thousands separator too
+        for v, (value, _) in parsed.items():
+            if value is None:
+                parsed[v] = _number(v, grouped=True)[:2]
+    return parsed
+
+
+def _numbers(col: np.ndarray) -> tuple[np.ndarray, int | None]:
+    """(the column as float64 with NaN where a value is missing, row of the first cell that
+    is neither a number (`_number`: also with a currency or percent sign, thousands
+    separators, an ISO date) nor missing, or None)."""
+    if np.issubdtype(col.dtype, np.number):
+        return col.astype(np.float64), None
+    parsed = _parse_column(col)  # each distinct cell parsed once
+    out = np.array([np.nan if parsed[v][0] is None else parsed[v][0] for v in col],
+                   dtype=np.float64)
+    bad = next((i for i, v in enumerate(col) if parsed[v][0] is None), None)
     return out, bad
+
+
+def number_formats(col: np.ndarray) -> list[str]:
+    """The formats (`FORMATS`) that the column's numbers were written in, sorted."""
+    if np.issubdtype(col.dtype, np.number):
+        return []
+    return sorted({unit for _, units in _parse_column(col).values() for unit in units})
 
 
 def column_kinds(cells: np.ndarray, names, *, source) -> list[str]:
@@ -394,7 +456,9 @@ def fit_encoding(x: np.ndarray, names, rows, *, source, kinds=None) -> dict | No
     """How each column becomes feature columns, decided on the training `rows`: None when
     every column is numeric without a missing value (the table is used as read). Else a
     JSON-able record {"columns": [...]}, one entry per column:
-    - numeric: {"name", "kind": "numeric"} plus, when the column has missing values,
+    - numeric: {"name", "kind": "numeric"} plus "formats" when its numbers carry a
+      currency or percent sign, thousands separators or are ISO dates (`FORMATS`; a date
+      is its number of days since 1970-01-01) and, when the column has missing values,
       "fill" (the median of its training values) and "indicator" (true when training
       rows miss it: an extra 0/1 column 'name (missing)');
     - text: {"name", "kind": "categorical", "categories", "other"}: one 0/1 column per
@@ -426,6 +490,10 @@ def fit_encoding(x: np.ndarray, names, rows, *, source, kinds=None) -> dict | No
             continue
         values = _numbers(x[:, j])[0]
         entry = {"name": name, "kind": "numeric"}
+        formats = number_formats(x[:, j])
+        if formats:  # '$1,200', '12%', '2020-03-01': read as numbers
+            plain = False
+            entry["formats"] = formats
         missing = np.isnan(values)
         if missing.any():
             plain = False
@@ -524,6 +592,12 @@ def describe_encoding(encoding: dict | None) -> list[tuple[str, str]]:
         rows.append(("text columns", "as 0/1 columns per category: " + ", ".join(
             f"{c['name']} ({len(c['categories'])}{' + other' if c['other'] else ''})"
             for c in text)))
+    units = [c for c in cols if c["kind"] == "numeric" and c.get("formats")]
+    if units:
+        rows.append(("numbers read", ", ".join(
+            f"{c['name']} ({', '.join(c['formats'])})" for c in units)
+            + ("; a date is its number of days since 1970-01-01"
+               if any("date" in c["formats"] for c in units) else "")))
     filled = [c for c in cols if c["kind"] == "numeric" and "fill" in c]
     if filled:
         rows.append(("missing values", "filled with the training median: " + ", ".join(

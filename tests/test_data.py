@@ -95,7 +95,7 @@ def test_numeric_labels_record_their_classes():
 
 
 def test_text_label_errors(tmp_path):
-    with pytest.raises(data.DataError, match="line 3, target column 'c' is empty"):
+    with pytest.raises(data.DataError, match="target column 'c' has no value on 1 row.*line 3"):
         data.load_table(_write(tmp_path / "e.csv", "a,c\n1,g\n2,\n3,h\n"), target="c")
     with pytest.raises(data.DataError, match="column 'a' is not numeric"):
         data.load_table(_write(tmp_path / "f.csv", "a,c\n1,g\nx,h\n3,h\n"), target="c")
@@ -242,3 +242,76 @@ def test_codes_mixing_numbers_and_text_are_a_text_column(tmp_path):
     with pytest.raises(data.DataError, match="line 2, column 'a' is not numeric \\('unknown'; "
                                              "34 of its 40 values are numbers; write a missing"):
         data.load_table(_write(tmp_path / "u.csv", "\n".join(rows)))
+
+
+@pytest.mark.parametrize("text, value, formats", [
+    ("$1,200.50", 1200.5, ("currency", "thousands")),
+    ("-$5", -5.0, ("currency",)),
+    ("$-5", -5.0, ("currency",)),
+    ("1,234.5 \u20ac", 1234.5, ("currency", "thousands")),
+    ("\u00a3300", 300.0, ("currency",)),
+    ("12.5%", 12.5, ("percent",)),
+    ("-3 %", -3.0, ("percent",)),
+    ("1,234,567", 1234567.0, ("thousands",)),
+    ("2020-03-01", 18322.0, ("date",)),              # numpy: datetime64 days since 1970
+    ("1969-12-31T18:00", -0.25, ("date",)),
+    ("2020-03-01 12:00:30", 18322 + 43230 / 86400, ("date",)),
+])
+def test_numbers_written_with_units_are_read(text, value, formats):
+    got, units, _ = data._number(text)
+    assert got == pytest.approx(value, rel=1e-15) and units == formats
+    if "date" in formats:  # an independent oracle: numpy's calendar
+        stamp = np.datetime64(text.replace(" ", "T"), "s").astype(np.int64)
+        assert got == pytest.approx(stamp / 86400, rel=1e-15)
+
+
+@pytest.mark.parametrize("text", ["6,621", "\u20ac3,5", "2020-02-30", "2020-03-01T25:00",
+                                  "+ 5", "1.5.2", "(12)", "$5%", "--5", "A1", "12,34"])
+def test_cells_that_are_not_unambiguous_numbers_stay_text(text):
+    assert data._number(text) == (None, (), False)
+
+
+def test_percent_currency_dates_and_thousands_columns(tmp_path):
+    rows = [("12.5%", "$1,200.00", "2020-03-01", "1,234,567", "none", "g"),
+            ("3%", "$15", "2021-01-31", "12", "a", "h"),
+            ("", "$2,000.10", "2019-12-31", "7", "b", "g")] * 8
+    text = "rate,price,day,count,grade,y\n" + "\n".join(",".join(
+        f'"{v}"' if "," in v else v for v in r) for r in rows) + "\n"
+    ds = data.load_table(_write(tmp_path / "u.csv", text), target="y", seed=0)
+    cols = {c["name"]: c for c in ds.encoding["columns"]}
+    assert cols["rate"]["formats"] == ["percent"] and "fill" in cols["rate"]
+    assert cols["price"]["formats"] == ["currency", "thousands"]
+    assert cols["day"]["formats"] == ["date"]
+    assert cols["count"]["formats"] == ["thousands"] and cols["grade"]["kind"] == "categorical"
+    labels = dict(data.describe_encoding(ds.encoding))
+    assert "price (currency, thousands)" in labels["numbers read"]
+    assert "days since 1970-01-01" in labels["numbers read"]
+    x, names = data.apply_encoding(np.array(rows, dtype=object)[:, :5],
+                                   list(cols), ds.encoding, source="u.csv")
+    day = np.array(["2020-03-01", "2021-01-31", "2019-12-31"] * 8, dtype="datetime64[D]")
+    np.testing.assert_array_equal(x[:, names.index("day")], day.astype(np.int64))
+    np.testing.assert_array_equal(x[:, names.index("price")], [1200.0, 15.0, 2000.1] * 8)
+    np.testing.assert_array_equal(x[:, names.index("count")], [1234567.0, 12.0, 7.0] * 8)
+    # '6,621' reads as 6621 where the column groups thousands unambiguously elsewhere
+    # ('1,234,567'); next to '1,000' and '12' alone it could be a decimal comma: an error
+    grouped = "a,y\n" + "".join(f'"{v}",{i % 2}\n' for i, v in
+                               enumerate(["6,621", "1,234,567", "12"] * 8))
+    ds = data.load_table(_write(tmp_path / "g.csv", grouped), target="y", seed=0)
+    assert ds.encoding["columns"][0]["formats"] == ["thousands"]
+    ambiguous = "a,y\n" + "".join(f'"{v}",{i % 2}\n' for i, v in
+                                 enumerate(["6,621", "1,000", "12"] * 8))
+    with pytest.raises(data.DataError, match="a decimal comma or a thousands separator"):
+        data.load_table(_write(tmp_path / "a.csv", ambiguous), target="y", seed=0)
+
+
+def test_targets_with_gaps_units_and_a_none_class(tmp_path):
+    body = "".join(f"{i % 7},{v}\n" for i, v in enumerate(["1.5", "NA", "2.5", "3"] * 6))
+    with pytest.raises(data.DataError, match="no value on 6 row.*line 3: 'NA'"):
+        data.load_table(_write(tmp_path / "n.csv", "a,y\n" + body), target="y")
+    prices = "".join(f"{i % 7},\"${100 * i:,}\"\n" for i in range(30))
+    ds = data.load_table(_write(tmp_path / "p.csv", "a,y\n" + prices), target="y",
+                         task="regression")
+    assert ds.task == "regression"
+    labels = "".join(f"{i % 7},{v}\n" for i, v in enumerate(["none", "mild", "severe"] * 8))
+    ds = data.load_table(_write(tmp_path / "c.csv", "a,y\n" + labels), target="y")
+    assert ds.classes == ("mild", "none", "severe")
