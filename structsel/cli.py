@@ -48,7 +48,8 @@ _nonnegative_int = _int_at_least(0)
 
 def _add_data_args(p: argparse.ArgumentParser, *, seed_help: str, split_help: str) -> None:
     p.add_argument("--data", metavar="FILE",
-                   help="CSV (header row) or .npz (arrays x, y); default: --dataset")
+                   help="CSV (header row; also .tsv / .txt, optionally .gz) or .npz (arrays x, "
+                        "y); default: --dataset")
     p.add_argument("--target", metavar="COLUMN", help="label column of the CSV (default: last)")
     p.add_argument("--task", choices=TASKS, help="force the task (default: from the target)")
     p.add_argument("--dataset", metavar="NAME",

@@ -19,6 +19,7 @@ from __future__ import annotations
 import collections
 import csv
 import datetime
+import gzip
 import pathlib
 import re
 import zipfile
@@ -233,7 +234,12 @@ def _read_cells(path: pathlib.Path, target: str | None
         raise DataError(f"data file {path} is a directory; expected a .csv or .npz file")
     if not path.is_file():
         raise DataError(f"data file not found: {path}")
-    return _read_npz(path) if path.suffix == ".npz" else _read_csv(path, target)
+    if path.suffix.lower() == ".npz":
+        return _read_npz(path)
+    if not _is_text_table(path):
+        raise DataError(f"data file must be .csv (also .tsv, .txt, each optionally .gz) or "
+                        f".npz, got {path.name}")
+    return _read_csv(path, target)
 
 
 def _read_npz(path: pathlib.Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -257,18 +263,18 @@ def _read_csv(path: pathlib.Path, target: str | None
               ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """(features, target, feature names) of a CSV file: the features are float64 when
     every cell is a number, else the (n, d) cells as str."""
-    if path.suffix.lower() != ".csv":
-        raise DataError(f"data file must be .csv or .npz, got {path.name}")
+    opener = gzip.open if path.suffix.lower() == ".gz" else open
     try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
+        with opener(path, "rt", newline="", encoding="utf-8-sig") as f:
             first = f.readline()
             f.seek(0)
             delimiter = max(_DELIMITERS, key=first.count)
             rows = list(csv.reader(f, delimiter=delimiter if first.count(delimiter) else ","))
     except UnicodeDecodeError as err:
         raise DataError(f"{path}: not UTF-8 text (byte {err.start}); save it as UTF-8") from None
-    except OSError as err:
-        raise DataError(f"{path}: cannot read the data file ({err.strerror})") from None
+    except (OSError, EOFError) as err:  # gzip: BadGzipFile, a truncated file
+        raise DataError(f"{path}: cannot read the data file "
+                        f"({getattr(err, 'strerror', None) or err})") from None
     while rows and not any(v.strip() for v in rows[-1]):  # blank lines at the end
         rows.pop()
     if len(rows) < 2:
@@ -466,7 +472,8 @@ def fit_encoding(x: np.ndarray, names, rows, *, source, kinds=None) -> dict | No
       are exactly two and no other; with "other" an extra column for the pooled rare and
       unseen categories (without it, an unseen category is all zeros);
     - {"name", "kind": "dropped", "reason"}: a text column with no category on two
-      training rows (an identifier), or a column with one value / no value on them.
+      training rows (an identifier), a column with one value / no value on them, or an
+      index column (`_index_column`: the row numbers, e.g. pandas' unnamed index).
     """
     if kinds is None:
         kinds = column_kinds(x, names, source=source)
@@ -489,6 +496,11 @@ def fit_encoding(x: np.ndarray, names, rows, *, source, kinds=None) -> dict | No
                             "other": bool(other)})
             continue
         values = _numbers(x[:, j])[0]
+        index = _index_column(name, values)
+        if index:
+            plain = False
+            columns.append({"name": name, "kind": "dropped", "reason": index})
+            continue
         entry = {"name": name, "kind": "numeric"}
         formats = number_formats(x[:, j])
         if formats:  # '$1,200', '12%', '2020-03-01': read as numbers
@@ -508,8 +520,40 @@ def fit_encoding(x: np.ndarray, names, rows, *, source, kinds=None) -> dict | No
     return None if plain else {"columns": columns}
 
 
+TEXT_SUFFIXES = (".csv", ".tsv", ".txt")
+
+
+def _is_text_table(path) -> bool:
+    """A CSV-like file: .csv, .tsv or .txt, optionally gzip-compressed (.gz)."""
+    suffixes = [x.lower() for x in pathlib.Path(path).suffixes[-2:]]
+    if suffixes and suffixes[-1] == ".gz":
+        suffixes = suffixes[:-1]
+    return bool(suffixes) and suffixes[-1] in TEXT_SUFFIXES
+
+
+_UNNAMED = re.compile(r"^(Unnamed: \d+)?$")  # pandas writes '' and reads it back so
+
+
+def _index_column(name: str, values: np.ndarray) -> str | None:
+    """Why the column is an index, not a feature, or None: the row numbers 0, 1, 2, ... or
+    1, 2, 3, ... down the file (whatever its name), or an unnamed column ('' or pandas'
+    'Unnamed: 0') holding a permutation of them (an index written after a shuffle). Read
+    as a number it would tell the model where a row sits in the file, which in a sorted
+    export is the label."""
+    n = len(values)
+    if n < 3 or not np.isfinite(values).all() or (values != np.round(values)).any():
+        return None
+    for start in (0, 1):
+        if np.array_equal(values, np.arange(start, start + n)):
+            return f"row numbers {start}, {start + 1}, {start + 2}, ... down the file"
+    if _UNNAMED.match(name) and values.min() in (0, 1) and np.array_equal(
+            np.sort(values), np.arange(values.min(), values.min() + n)):
+        return "an unnamed index column: the row numbers in another order"
+    return None
+
+
 def _where(source, row: int) -> str:
-    return f"line {row + 2}" if str(source).lower().endswith(".csv") else f"row {row}"
+    return f"line {row + 2}" if _is_text_table(source) else f"row {row}"
 
 
 def _category_columns(c: dict) -> list[str]:
@@ -604,7 +648,7 @@ def describe_encoding(encoding: dict | None) -> list[tuple[str, str]]:
             c["name"] + (" (+ indicator)" if c["indicator"] else "") for c in filled)))
     dropped = [c for c in cols if c["kind"] == "dropped"]
     if dropped:
-        rows.append(("dropped columns", ", ".join(f"{c['name']} ({c['reason']})"
+        rows.append(("dropped columns", ", ".join(f"{c['name'] or '(unnamed)'} ({c['reason']})"
                                                    for c in dropped)))
     return rows
 
@@ -618,8 +662,8 @@ def load_table(path: str | pathlib.Path, *, target: str | None = None, task: str
     scaled (`make_dataset`'s `centred`)."""
     path = pathlib.Path(path)
     x, y, names = _read_cells(path, target)
-    column = f"column {target!r}" if target else ("the last column" if path.suffix.lower()
-                                                  == ".csv" else "array 'y'")
+    column = f"column {target!r}" if target else ("the last column" if _is_text_table(path)
+                                                  else "array 'y'")
     try:
         if encoding is None:
             kinds = column_kinds(x, names, source=path)  # its errors before the split's

@@ -390,7 +390,8 @@ DATA = [
      ["features must be numeric", "<U1"]),
     ("npz rows differ", _npz(x=np.ones((30, 2)), y=np.arange(29) % 2), [],
      ["target must have one value per row (30)"]),
-    ("other extension", _csv("a,b\n1,2\n", name="d.txt"), [], [".csv or .npz", "d.txt"]),
+    ("other extension", _csv("a,b\n1,2\n", name="d.json"), [],
+     [".csv (also .tsv, .txt", "or .npz", "d.json"]),
     ("missing file", lambda tmp: str(tmp / "nope.csv"), [], ["data file not found", "nope.csv"]),
     ("directory instead of a file", lambda tmp: str(tmp), [], ["is a directory", ".csv or .npz"]),
 ]
@@ -639,7 +640,8 @@ def test_supported_csv_dialects_read_as_the_comma_file(text, kw, tmp_path):
 
 def test_supported_bom_before_a_first_target_column(tmp_path):
     """SUPPORTED: the BOM does not hide the name of the first column."""
-    (tmp_path / "bom.csv").write_text("\ufefflabel,a\n" + "\n".join(f"{i % 2},{i}" for i in range(30)),
+    (tmp_path / "bom.csv").write_text("\ufefflabel,a\n" + "\n".join(f"{i % 2},{i % 7}"
+                                                                     for i in range(30)),
                                       encoding="utf-8")
     ds = data.load_table(tmp_path / "bom.csv", target="label")
     assert ds.num_classes == 2 and ds.num_features == 1

@@ -47,7 +47,7 @@ BAD_DATA = {
         ["--data", str(_write_csv(tmp / "d.csv", ["a", "b", "label"],
                                   [[r[0], r[1], "gh"[r[2]]] for r in _good_rows()[:4]]
                                   + [[0.1, 0.2, ""]] + [[r[0], r[1], "g"] for r in _good_rows()]))],
-        "target column 'label' is empty"),
+        "target column 'label' has no value on 1 row(s) (first at line 6"),
     "unknown method": lambda tmp: (["--method", "magic"], "method must be one of"),
     "unknown space": lambda tmp: (["--space", "resnet"], "space must be one of"),
     "bad budget": lambda tmp: (["--budget", "tiny,steps=3"], "budget override"),

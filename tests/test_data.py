@@ -315,3 +315,34 @@ def test_targets_with_gaps_units_and_a_none_class(tmp_path):
     labels = "".join(f"{i % 7},{v}\n" for i, v in enumerate(["none", "mild", "severe"] * 8))
     ds = data.load_table(_write(tmp_path / "c.csv", "a,y\n" + labels), target="y")
     assert ds.classes == ("mild", "none", "severe")
+
+
+def test_index_columns_are_dropped(tmp_path):
+    # pandas' to_csv writes its index as an unnamed first column; in a file sorted by the
+    # label, that row number would predict the label on the test rows of the same file
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=60).round(3)
+    y = np.sort((a > 0).astype(int))
+    order = rng.permutation(60)
+    lines = [f"{i},{i + 1},{order[i]},{order[i]},{a[i]},{y[i]}" for i in range(60)]
+    path = _write(tmp_path / "i.csv", ",id,Unnamed: 0,rank,a,y\n" + "\n".join(lines) + "\n")
+    ds = data.load_table(path, target="y", seed=0)
+    assert ds.feature_names == ("rank", "a")  # a named permutation may be a real rank
+    reasons = {c["name"]: c.get("reason") for c in ds.encoding["columns"]}
+    assert reasons[""] == "row numbers 0, 1, 2, ... down the file"
+    assert reasons["id"] == "row numbers 1, 2, 3, ... down the file"
+    assert reasons["Unnamed: 0"] == "an unnamed index column: the row numbers in another order"
+    assert "(unnamed) (row numbers 0, 1, 2" in dict(data.describe_encoding(ds.encoding))[
+        "dropped columns"]
+    tsv = _write(tmp_path / "i.tsv", path.read_text().replace(",", "\t"))
+    gz = tmp_path / "i.csv.gz"
+    import gzip
+    gz.write_bytes(gzip.compress(path.read_bytes()))
+    for other in (tsv, gz):  # the same table, tab-separated or compressed
+        got = data.load_table(other, target="y", seed=0)
+        np.testing.assert_array_equal(got.x_train, ds.x_train)
+    with pytest.raises(data.DataError, match=r"must be \.csv \(also \.tsv, \.txt"):
+        data.load_table(_write(tmp_path / "i.json", "{}"), target="y")
+    bad = _write(tmp_path / "b.csv.gz", "not gzip")
+    with pytest.raises(data.DataError, match="cannot read the data file"):
+        data.load_table(bad, target="y")
