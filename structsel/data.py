@@ -458,7 +458,8 @@ def column_kinds(cells: np.ndarray, names, *, source) -> list[str]:
     return kinds
 
 
-def fit_encoding(x: np.ndarray, names, rows, *, source, kinds=None) -> dict | None:
+def fit_encoding(x: np.ndarray, names, rows, *, source, kinds=None,
+                 bins: int = 0) -> dict | None:
     """How each column becomes feature columns, decided on the training `rows`: None when
     every column is numeric without a missing value (the table is used as read). Else a
     JSON-able record {"columns": [...]}, one entry per column:
@@ -466,7 +467,11 @@ def fit_encoding(x: np.ndarray, names, rows, *, source, kinds=None) -> dict | No
       currency or percent sign, thousands separators or are ISO dates (`FORMATS`; a date
       is its number of days since 1970-01-01) and, when the column has missing values,
       "fill" (the median of its training values) and "indicator" (true when training
-      rows miss it: an extra 0/1 column 'name (missing)');
+      rows miss it: an extra 0/1 column 'name (missing)'); with `bins` > 0, a column
+      with more than `bins` distinct training values also gets "bins", the interior
+      edges of `bins` quantile bins of its training values (`quantile_bins`): one 0/1
+      column per bin besides the number (scikit-learn's KBinsDiscretizer, strategy
+      "quantile", one-hot);
     - text: {"name", "kind": "categorical", "categories", "other"}: one 0/1 column per
       category (sorted; '' is the missing value), one column for the second when there
       are exactly two and no other; with "other" an extra column for the pooled rare and
@@ -516,8 +521,23 @@ def fit_encoding(x: np.ndarray, names, rows, *, source, kinds=None) -> dict | No
                 continue
             entry.update(fill=float(np.median(train[~np.isnan(train)])),
                          indicator=bool(np.isnan(train).any()))
+        if bins:
+            train = np.where(np.isnan(values), entry.get("fill", 0.0), values)[rows]
+            if len(np.unique(train)) > bins:
+                plain = False
+                entry["bins"] = quantile_bins(train, bins)
         columns.append(entry)
     return None if plain else {"columns": columns}
+
+
+def quantile_bins(train: np.ndarray, bins: int) -> list[float]:
+    """The interior edges of `bins` quantile bins of the training values: the 0, 1/bins,
+    ..., 1 quantiles (linear interpolation), an edge closer than 1e-8 to the previous one
+    dropped, the outer two left out (values beyond them fall in the end bins): scikit-
+    learn's KBinsDiscretizer(strategy="quantile", quantile_method="linear")."""
+    edges = np.quantile(np.asarray(train, np.float64), np.linspace(0, 1, bins + 1))
+    edges = edges[np.ediff1d(edges, to_begin=np.inf) > 1e-8]
+    return [float(e) for e in edges[1:-1]]
 
 
 TEXT_SUFFIXES = (".csv", ".tsv", ".txt")
@@ -594,6 +614,14 @@ def apply_encoding(x: np.ndarray, names, encoding: dict, *, source
             if c.get("indicator"):
                 out.append(missing.astype(np.float64))
                 out_names.append(f"{name} (missing)")
+            if c.get("bins"):
+                edges = np.asarray(c["bins"], np.float64)
+                which = np.searchsorted(edges, out[-1 - bool(c.get("indicator"))],
+                                        side="right")
+                bounds = [-np.inf, *edges, np.inf]
+                for k in range(len(edges) + 1):
+                    out.append((which == k).astype(np.float64))
+                    out_names.append(f"{name} in [{bounds[k]:.4g}, {bounds[k + 1]:.4g})")
         elif c["kind"] == "categorical":
             values = np.array([_category(v) for v in x[:, j]], dtype=object)
             cats = list(c["categories"])
@@ -619,6 +647,10 @@ def indicator_columns(encoding: dict | None) -> list[int]:
             if c.get("indicator"):
                 out.append(j)
                 j += 1
+            if c.get("bins"):
+                k = len(c["bins"]) + 1
+                out += list(range(j, j + k))
+                j += k
         elif c["kind"] == "categorical":
             k = len(_category_columns(c)) + bool(c["other"])
             out += list(range(j, j + k))
@@ -646,6 +678,10 @@ def describe_encoding(encoding: dict | None) -> list[tuple[str, str]]:
     if filled:
         rows.append(("missing values", "filled with the training median: " + ", ".join(
             c["name"] + (" (+ indicator)" if c["indicator"] else "") for c in filled)))
+    binned = [c for c in cols if c["kind"] == "numeric" and c.get("bins")]
+    if binned:
+        rows.append(("number bins", "0/1 columns of training-quantile bins: " + ", ".join(
+            f"{c['name']} ({len(c['bins']) + 1})" for c in binned)))
     dropped = [c for c in cols if c["kind"] == "dropped"]
     if dropped:
         rows.append(("dropped columns", ", ".join(f"{c['name'] or '(unnamed)'} ({c['reason']})"
@@ -654,12 +690,14 @@ def describe_encoding(encoding: dict | None) -> list[tuple[str, str]]:
 
 
 def load_table(path: str | pathlib.Path, *, target: str | None = None, task: str | None = None,
-               seed: int = 0, encoding: dict | None = None, **kwargs) -> Dataset:
+               seed: int = 0, encoding: dict | None = None, bins: int = 0,
+               **kwargs) -> Dataset:
     """A CSV/.npz file as a split, standardised Dataset (see `read_table`; `kwargs` go to
     `make_dataset`, e.g. `classes`). Text categories and missing values are encoded
     (`fit_encoding` on the training rows of the split, or the given `encoding` of a
     trained model); the record is `Dataset.encoding`, and its 0/1 columns are centred, not
-    scaled (`make_dataset`'s `centred`)."""
+    scaled (`make_dataset`'s `centred`). `bins` > 0: the numeric columns also get 0/1
+    columns of that many training-quantile bins (`fit_encoding`)."""
     path = pathlib.Path(path)
     x, y, names = _read_cells(path, target)
     column = f"column {target!r}" if target else ("the last column" if _is_text_table(path)
@@ -669,7 +707,7 @@ def load_table(path: str | pathlib.Path, *, target: str | None = None, task: str
             kinds = column_kinds(x, names, source=path)  # its errors before the split's
             split = {k: kwargs[k] for k in ("val_fraction", "test_fraction") if k in kwargs}
             train, _, _ = split_indices(len(y), seed=seed, **split)
-            encoding = fit_encoding(x, names, train, source=path, kinds=kinds)
+            encoding = fit_encoding(x, names, train, source=path, kinds=kinds, bins=bins)
         if encoding is None:
             features = np.asarray(x, dtype=np.float64)  # numbers without gaps
         else:

@@ -346,3 +346,50 @@ def test_index_columns_are_dropped(tmp_path):
     bad = _write(tmp_path / "b.csv.gz", "not gzip")
     with pytest.raises(data.DataError, match="cannot read the data file"):
         data.load_table(bad, target="y")
+
+
+def test_quantile_bins_match_scikit_learn(tmp_path):
+    # oracle: KBinsDiscretizer(strategy="quantile", quantile_method="linear"), one-hot,
+    # fitted on the training rows (after the median fill); a column with ties, one with a
+    # gap, one with too few distinct values to be binned, one of text
+    from sklearn.preprocessing import KBinsDiscretizer
+
+    rng = np.random.default_rng(3)
+    n = 300
+    a = rng.exponential(size=n).round(2)
+    b = rng.normal(size=n).round(3).astype(object)
+    b[rng.choice(n, 20, replace=False)] = ""
+    c = rng.integers(0, 4, n)
+    t = rng.choice(["p", "q", "r"], n)
+    y = rng.integers(0, 2, n)
+    text = "a,b,c,t,y\n" + "".join(f"{a[i]},{b[i]},{c[i]},{t[i]},{y[i]}\n" for i in range(n))
+    path = _write(tmp_path / "b.csv", text)
+    ds = data.load_table(path, target="y", seed=0, bins=6)
+    cols = {col["name"]: col for col in ds.encoding["columns"]}
+    assert "bins" in cols["a"] and "bins" in cols["b"] and "bins" not in cols["c"]
+    train = data.split_indices(n, seed=0)[0]
+    cells = np.array([r.split(",")[:4] for r in text.splitlines()[1:]], dtype=object)
+    x, names = data.apply_encoding(cells, ["a", "b", "c", "t"], ds.encoding, source=path)
+    for name, values in (("a", a.astype(float)),
+                         ("b", np.array([np.nan if v == "" else float(v) for v in b]))):
+        values = np.where(np.isnan(values), cols[name].get("fill", 0.0), values)
+        ref = KBinsDiscretizer(n_bins=6, encode="onehot-dense", strategy="quantile",
+                               quantile_method="linear").fit(values[train, None])
+        mine = [j for j, nm in enumerate(names) if nm.startswith(f"{name} in [")]
+        np.testing.assert_array_equal(x[:, mine], ref.transform(values[:, None]))
+        np.testing.assert_allclose(cols[name]["bins"], ref.bin_edges_[0][1:-1], rtol=1e-15)
+    binned = set(range(len(names))) - {names.index(nm) for nm in ("a", "b", "c")}
+    assert set(data.indicator_columns(ds.encoding)) == binned  # all 0/1 columns: centred
+    assert "a (6)" in dict(data.describe_encoding(ds.encoding))["number bins"]
+    assert data.load_table(path, target="y", seed=0).encoding["columns"][0].get("bins") is None
+
+
+def test_numeric_bins_budget():
+    from structsel.search import runner
+
+    assert runner.parse_budget("tabular,numeric_bins=8").numeric_bins == 8
+    with pytest.raises(ValueError, match="numeric_bins must be 0 .off. or an int >= 2"):
+        runner.parse_budget("tabular,numeric_bins=1")
+    with pytest.raises(ValueError, match="numeric_bins applies to tables read with --data"):
+        runner.load_data(dataset="wine", data=None, target=None, task=None, split_seed=0,
+                         budget=runner.parse_budget("tabular,numeric_bins=8"))

@@ -90,6 +90,10 @@ class Budget:
     # quantiles (`features.quantile_normalise`) for the networks; the references keep the
     # standardised columns
     quantile_skew: float = 0.0
+    # tables read from a file: each numeric column with more distinct training values
+    # than this (0: off) also gets one 0/1 column per training-quantile bin, this many
+    # bins (`data.fit_encoding`), for every model of the run, the references included
+    numeric_bins: int = 0
     chunk: int = 32              # structures per call of the jitted evaluator
     mnist1d_samples: int = 4000  # size of the generated mnist1d set
     # restarts of a gradient search: one vmapped program, or lax.map (one after the other);
@@ -112,9 +116,11 @@ class Budget:
                 continue
             lower = 0 if f.name in ("batch_size", "evaluations", "warmup_steps",
                                     "eval_every", "search_batch_size", "retrain_width",
-                                    "cv_rows") else 1
+                                    "cv_rows", "numeric_bins") else 1
             if f.type in ("int",) and (not isinstance(value, int) or value < lower):
                 raise ValueError(f"budget {f.name} must be an int >= {lower}, got {value!r}")
+            if f.name == "numeric_bins" and value == 1:
+                raise ValueError("budget numeric_bins must be 0 (off) or an int >= 2, got 1")
             if f.name == "quantile_skew":
                 if not (isinstance(value, (int, float)) and 0 <= value < math.inf):
                     raise ValueError(f"budget quantile_skew must be a finite number >= 0 "
@@ -358,7 +364,11 @@ def load_data(*, dataset: str, data: str | None, target: str | None, task: str |
     feature columns (`data.fit_encoding`), None to derive it from the training rows."""
     if data is not None:
         return data_lib.load_table(data, target=target, task=task, seed=split_seed,
-                                   classes=classes, encoding=encoding)
+                                   classes=classes, encoding=encoding,
+                                   bins=budget.numeric_bins)
+    if budget.numeric_bins:
+        raise ValueError(f"budget numeric_bins applies to tables read with --data, not to "
+                         f"the embedded dataset {dataset}")
     kwargs = {"num_samples": budget.mnist1d_samples} if dataset == "mnist1d" else {}
     if classes is not None:
         kwargs["classes"] = classes
