@@ -551,24 +551,33 @@ def _is_text_table(path) -> bool:
     return bool(suffixes) and suffixes[-1] in TEXT_SUFFIXES
 
 
-_UNNAMED = re.compile(r"^(Unnamed: \d+)?$")  # pandas writes '' and reads it back so
+# the names of index columns: pandas writes its index unnamed and reads it back as
+# 'Unnamed: 0'; identifiers (id, ID, index, No, customer_id, PassengerId, ...)
+_UNNAMED = re.compile(r"^(Unnamed: \d+)?$")
+_ID_NAME = re.compile(r"^(index|idx|id|key|no|nr|#|rows?|row ?(id|no|num|number))$|[_ .-]id$",
+                      re.IGNORECASE)
+_CAMEL_ID = re.compile(r"([a-z]Id|ID)$")
 
 
 def _index_column(name: str, values: np.ndarray) -> str | None:
-    """Why the column is an index, not a feature, or None: the row numbers 0, 1, 2, ... or
-    1, 2, 3, ... down the file (whatever its name), or an unnamed column ('' or pandas'
-    'Unnamed: 0') holding a permutation of them (an index written after a shuffle). Read
-    as a number it would tell the model where a row sits in the file, which in a sorted
-    export is the label."""
+    """Why the column is an index, not a feature, or None. An unnamed column ('' or pandas'
+    'Unnamed: 0') or one named like an identifier (`_ID_NAME`, `_CAMEL_ID`) holding the
+    row numbers 0, 1, 2, ... or 1, 2, 3, ... down the file, or them in another order (an
+    index written after a shuffle). Read as a number it would tell the model where a row
+    sits in the file, which in a sorted export is the label. Other names are kept: a
+    `day` or `t` counting the rows is a trend, a `rank` a feature."""
     n = len(values)
+    if not (_UNNAMED.match(name) or _ID_NAME.search(name.strip())
+            or _CAMEL_ID.search(name.strip())):
+        return None
     if n < 3 or not np.isfinite(values).all() or (values != np.round(values)).any():
         return None
     for start in (0, 1):
         if np.array_equal(values, np.arange(start, start + n)):
             return f"row numbers {start}, {start + 1}, {start + 2}, ... down the file"
-    if _UNNAMED.match(name) and values.min() in (0, 1) and np.array_equal(
+    if values.min() in (0, 1) and np.array_equal(
             np.sort(values), np.arange(values.min(), values.min() + n)):
-        return "an unnamed index column: the row numbers in another order"
+        return "an index column: the row numbers in another order"
     return None
 
 

@@ -324,16 +324,24 @@ def test_index_columns_are_dropped(tmp_path):
     a = rng.normal(size=60).round(3)
     y = np.sort((a > 0).astype(int))
     order = rng.permutation(60)
-    lines = [f"{i},{i + 1},{order[i]},{order[i]},{a[i]},{y[i]}" for i in range(60)]
-    path = _write(tmp_path / "i.csv", ",id,Unnamed: 0,rank,a,y\n" + "\n".join(lines) + "\n")
+    lines = [f"{i},{i + 1},{order[i]},{order[i]},{i + 1},{order[i]},{a[i]},{y[i]}"
+             for i in range(60)]
+    path = _write(tmp_path / "i.csv", ",PassengerId,Unnamed: 0,customer_id,day,rank,a,y\n"
+                  + "\n".join(lines) + "\n")
     ds = data.load_table(path, target="y", seed=0)
-    assert ds.feature_names == ("rank", "a")  # a named permutation may be a real rank
+    # a day counting the rows is a trend, a named permutation may be a rank: both kept
+    assert ds.feature_names == ("day", "rank", "a")
     reasons = {c["name"]: c.get("reason") for c in ds.encoding["columns"]}
     assert reasons[""] == "row numbers 0, 1, 2, ... down the file"
-    assert reasons["id"] == "row numbers 1, 2, 3, ... down the file"
-    assert reasons["Unnamed: 0"] == "an unnamed index column: the row numbers in another order"
+    assert reasons["PassengerId"] == "row numbers 1, 2, 3, ... down the file"
+    assert reasons["Unnamed: 0"] == reasons["customer_id"] == (
+        "an index column: the row numbers in another order")
     assert "(unnamed) (row numbers 0, 1, 2" in dict(data.describe_encoding(ds.encoding))[
         "dropped columns"]
+    for name in ("id", "ID", "index", "No", "row_id", "order id", "UserID"):
+        assert data._index_column(name, np.arange(5.0)), name
+    for name in ("paid", "valid", "t", "width"):
+        assert data._index_column(name, np.arange(5.0)) is None, name
     tsv = _write(tmp_path / "i.tsv", path.read_text().replace(",", "\t"))
     gz = tmp_path / "i.csv.gz"
     import gzip
