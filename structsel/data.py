@@ -407,20 +407,20 @@ def _numbers(col: np.ndarray) -> tuple[np.ndarray, int | None]:
     """(the column as float64 with NaN where a value is missing, row of the first cell that
     is neither a number (`_number`: also with a currency or percent sign, thousands
     separators, an ISO date) nor missing, or None)."""
-    if np.issubdtype(col.dtype, np.number):
-        return col.astype(np.float64), None
-    parsed = _parse_column(col)  # each distinct cell parsed once
-    out = np.array([np.nan if parsed[v][0] is None else parsed[v][0] for v in col],
-                   dtype=np.float64)
-    bad = next((i for i, v in enumerate(col) if parsed[v][0] is None), None)
-    return out, bad
+    return _numbers_and_formats(col)[:2]
 
 
-def number_formats(col: np.ndarray) -> list[str]:
-    """The formats (`FORMATS`) that the column's numbers were written in, sorted."""
+def _numbers_and_formats(col: np.ndarray) -> tuple[np.ndarray, int | None, list[str]]:
+    """`_numbers` and the formats (`FORMATS`, sorted) its numbers were written in, from
+    one parse of each distinct cell."""
     if np.issubdtype(col.dtype, np.number):
-        return []
-    return sorted({unit for _, units in _parse_column(col).values() for unit in units})
+        return col.astype(np.float64), None, []
+    parsed = _parse_column(col)
+    value = {v: np.nan if p[0] is None else p[0] for v, p in parsed.items()}
+    out = np.fromiter(map(value.__getitem__, col), np.float64, len(col))
+    text = {v for v, p in parsed.items() if p[0] is None}
+    bad = next((i for i, v in enumerate(col) if v in text), None) if text else None
+    return out, bad, sorted({unit for _, units in parsed.values() for unit in units})
 
 
 def column_kinds(cells: np.ndarray, names, *, source) -> list[str]:
@@ -500,14 +500,13 @@ def fit_encoding(x: np.ndarray, names, rows, *, source, kinds=None,
             columns.append({"name": name, "kind": "categorical", "categories": sorted(kept),
                             "other": bool(other)})
             continue
-        values = _numbers(x[:, j])[0]
+        values, _, formats = _numbers_and_formats(x[:, j])
         index = _index_column(name, values)
         if index:
             plain = False
             columns.append({"name": name, "kind": "dropped", "reason": index})
             continue
         entry = {"name": name, "kind": "numeric"}
-        formats = number_formats(x[:, j])
         if formats:  # '$1,200', '12%', '2020-03-01': read as numbers
             plain = False
             entry["formats"] = formats
