@@ -280,6 +280,9 @@ def _read_csv(path: pathlib.Path, target: str | None
     if len(rows) < 2:
         raise DataError(f"{path}: needs a header row and at least one data row")
     header, body = [h.strip() for h in rows[0]], rows[1:]
+    if delimiter != "," and first.count(delimiter) and any(
+            _EU_DECIMAL.match(v.strip()) for row in body for v in row):
+        body = [[_from_decimal_comma(v) for v in row] for row in body]
     duplicated = sorted({h for h in header if header.count(h) > 1})
     if duplicated:
         raise DataError(f"{path}: column names must be unique; {duplicated} appear more than "
@@ -314,6 +317,23 @@ def _read_csv(path: pathlib.Path, target: str | None
 
 
 _DELIMITERS = (",", ";", "\t", "|")
+# numbers with a decimal comma (and dots grouping thousands), as spreadsheets write them in
+# much of Europe: read so in a file separated by ';', tab or '|' that has such a cell
+_EU_DECIMAL = re.compile(r"^[-+]?[$\u20ac\u00a3\u00a5]?\s?[-+]?(\d{1,3}(\.\d{3})+|\d+),\d+"
+                         r"\s?(%|[$\u20ac\u00a3\u00a5])?$")
+_EU_NUMBER = re.compile(r"^(?P<pre>[-+]?[$\u20ac\u00a3\u00a5]?\s?[-+]?)"
+                        r"(?P<num>(\d{1,3}(\.\d{3})+|\d+)(,\d+)?)"
+                        r"(?P<post>\s?(%|[$\u20ac\u00a3\u00a5])?)$")
+
+
+def _from_decimal_comma(cell: str) -> str:
+    """'1.234,5' -> '1234.5', '12,5 %' -> '12.5 %', '-0,8' -> '-0.8'; other cells unchanged."""
+    m = _EU_NUMBER.match(cell.strip())
+    if not m:
+        return cell
+    return m["pre"] + m["num"].replace(".", "").replace(",", ".") + m["post"]
+
+
 # feature cells read as a missing value (compared after strip, case-insensitive): pandas'
 # default missing markers and UCI's '?'
 MISSING = frozenset({"", "?", "na", "n/a", "nan", "-nan", "null", "none", "#n/a", "<na>"})

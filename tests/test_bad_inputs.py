@@ -360,7 +360,8 @@ DATA = [
     ("inf feature", _csv(GOOD + "\n0.1,inf,1"), [], ["feature column(s) ['b']", "line 32"]),
     ("missing value in a typed column", _csv(GOOD + "\n,high,1"), [],
      ["line 32", "column 'b' is not numeric", "30 of its 31 values are numbers"]),
-    ("decimal comma", _csv("a;b;label\n" + "\n".join(f"{i},5;{i % 3};{i % 2}" for i in range(30))),
+    # in a comma-separated file a decimal comma is ambiguous (';'-separated: read, test_data)
+    ("decimal comma", _csv("a,b,label\n" + "\n".join(f'"{i},5",{i % 3},{i % 2}' for i in range(30))),
      [], ["line 2", "column 'a' is not numeric", "'0,5'", "decimal comma"]),
     ("NaN target", _csv(GOOD + "\n0.1,0.2,nan"), [], ["the target column", "no value on 1 row",
                                                     "'nan'"]),

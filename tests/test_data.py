@@ -401,3 +401,28 @@ def test_numeric_bins_budget():
     with pytest.raises(ValueError, match="numeric_bins applies to tables read with --data"):
         runner.load_data(dataset="wine", data=None, target=None, task=None, split_seed=0,
                          budget=runner.parse_budget("tabular,numeric_bins=8"))
+
+
+def test_decimal_commas_in_a_semicolon_separated_file(tmp_path):
+    # a spreadsheet's export in much of Europe: ';' between fields, a decimal comma, dots
+    # grouping thousands; oracle: the same numbers written the English way
+    rng = np.random.default_rng(4)
+    a = rng.normal(size=40).round(3)
+    price = rng.uniform(100, 5000, 40).round(2)
+    y = (a > 0).astype(int)
+    eu = "a;price;share;y\n" + "".join(
+        f"{a[i]:.3f};{price[i]:,.2f} \u20ac;{i % 7},5 %;{y[i]}\n".replace(",", "_")
+        .replace(".", ",").replace("_", ".") for i in range(40))
+    en = "a,price,share,y\n" + "".join(
+        f'{a[i]:.3f},"{price[i]:.2f} \u20ac",{i % 7}.5 %,{y[i]}\n' for i in range(40))
+    got = data.load_table(_write(tmp_path / "eu.csv", eu), target="y", seed=0)
+    want = data.load_table(_write(tmp_path / "en.csv", en), target="y", seed=0)
+    np.testing.assert_array_equal(got.x_train, want.x_train)
+    formats = [[c.get("formats", []) for c in d.encoding["columns"]] for d in (got, want)]
+    assert formats[0] == formats[1] == [[], ["currency"], ["percent"]]
+    # without a decimal comma anywhere a dot is a decimal point, as in every other file
+    x, _, _ = data.read_table(_write(tmp_path / "p.csv", "a;y\n" + "".join(
+        f"{i}.500;{i % 2}\n" for i in range(30))), target="y")
+    np.testing.assert_array_equal(x[:, 0], np.arange(30) + 0.5)
+    assert data._from_decimal_comma("1.234,5") == "1234.5"
+    assert data._from_decimal_comma("-0,8") == "-0.8" and data._from_decimal_comma("ab") == "ab"
