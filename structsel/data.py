@@ -151,6 +151,12 @@ def make_dataset(x: np.ndarray, y: np.ndarray, *, name: str, seed: int = 0, task
         if len(labels) < 2:
             raise DataError(f"classification needs at least 2 classes, got {len(labels)} "
                             f"(the target is constant: {list(labels)})")
+        if classes is None and 2 * len(labels) > len(y):
+            raise DataError(
+                f"classification with {len(labels)} classes in {len(y)} rows: most classes "
+                f"have one row, which can be neither learned nor scored (labels such as "
+                f"{[str(c) for c in labels[:3]]}); is the target the right column? A "
+                "numeric target is a regression: --task regression")
         num_classes, scale = len(labels), (0.0, 1.0)
     else:
         labels = None

@@ -426,3 +426,13 @@ def test_decimal_commas_in_a_semicolon_separated_file(tmp_path):
     np.testing.assert_array_equal(x[:, 0], np.arange(30) + 0.5)
     assert data._from_decimal_comma("1.234,5") == "1234.5"
     assert data._from_decimal_comma("-0,8") == "-0.8" and data._from_decimal_comma("ab") == "ab"
+
+
+def test_a_target_of_mostly_distinct_labels_is_refused(tmp_path):
+    # e.g. --target name: every row its own class, silently (session 30's code read a
+    # currency target this way, as 1496 classes in 1500 rows)
+    body = "".join(f"{i % 5},person{i}\n" for i in range(40))
+    with pytest.raises(data.DataError, match="40 classes in 40 rows.*right column"):
+        data.load_table(_write(tmp_path / "n.csv", "a,name\n" + body), target="name")
+    body = "".join(f"{i % 5},k{i % 20}\n" for i in range(40))  # 2 rows per class: accepted
+    assert data.load_table(_write(tmp_path / "k.csv", "a,k\n" + body), target="k").num_classes == 20
