@@ -426,7 +426,48 @@ def _parse_column(col: np.ndarray) -> dict:
         for v, (value, _) in parsed.items():
             if value is None:
                 parsed[v] = _number(v, grouped=True)[:2]
+    dates = {v: m for v, (value, _) in parsed.items()
+             if value is None and (m := _DAY_MONTH.match(v.strip()))}
+    if dates:  # 03/15/2021 or 15.03.2021: the column says which field is the day
+        order = _day_first(list(dates.values()))
+        for v, m in dates.items():
+            if order is not None:
+                parsed[v] = _day_month_date(m, order)
     return parsed
+
+
+# dates written day and month first: 03/15/2021, 15.03.2021, 3/15/2021 14:30
+_DAY_MONTH = re.compile(r"^(\d{1,2})([/.])(\d{1,2})\2(\d{4})(?:[ T](\d{1,2}):(\d{2})(?::(\d{2}))?)?$")
+
+
+def _day_first(matches) -> bool | None:
+    """Whether a column's dates `_DAY_MONTH` put the day first: True when a first field
+    exceeds 12 and no second one does, False for the other way round (03/15/2021, as
+    written in the US), True for dotted dates that do not say (15.03.2021 is the European
+    way), None when slashed dates never say (01/02/2021: January or February?)."""
+    first = max(int(m[1]) for m in matches)
+    second = max(int(m[3]) for m in matches)
+    if first > 12 and second <= 12:
+        return True
+    if second > 12 and first <= 12:
+        return False
+    if first <= 12 and second <= 12 and all(m[2] == "." for m in matches):
+        return True
+    return None
+
+
+def _day_month_date(m, day_first: bool) -> tuple[float | None, tuple]:
+    """(days since 1970-01-01, ('date',)) of a `_DAY_MONTH` match, or (None, ()) if it is
+    not a calendar date."""
+    day, month = (int(m[1]), int(m[3])) if day_first else (int(m[3]), int(m[1]))
+    h, mi, sec = int(m[5] or 0), int(m[6] or 0), int(m[7] or 0)
+    try:
+        ordinal = datetime.date(int(m[4]), month, day).toordinal() - _EPOCH
+    except ValueError:
+        return None, ()
+    if not (h < 24 and mi < 60 and sec < 60):
+        return None, ()
+    return ordinal + (3600 * h + 60 * mi + sec) / 86400, ("date",)
 
 
 def _numbers(col: np.ndarray) -> tuple[np.ndarray, int | None]:

@@ -436,3 +436,27 @@ def test_a_target_of_mostly_distinct_labels_is_refused(tmp_path):
         data.load_table(_write(tmp_path / "n.csv", "a,name\n" + body), target="name")
     body = "".join(f"{i % 5},k{i % 20}\n" for i in range(40))  # 2 rows per class: accepted
     assert data.load_table(_write(tmp_path / "k.csv", "a,k\n" + body), target="k").num_classes == 20
+
+
+@pytest.mark.parametrize("cells, iso", [
+    (["03/15/2021", "12/01/2020", "7/4/2019"], ["2021-03-15", "2020-12-01", "2019-07-04"]),
+    (["15/03/2021", "01/12/2020", "4/7/2019"], ["2021-03-15", "2020-12-01", "2019-07-04"]),
+    (["15.03.2021", "01.12.2020"], ["2021-03-15", "2020-12-01"]),
+    (["01.02.2020", "03.04.2021"], ["2020-02-01", "2021-04-03"]),  # dots: day first
+    (["03/15/2021 14:30", "12/01/2020"], ["2021-03-15T14:30", "2020-12-01"]),
+])
+def test_dates_with_the_day_and_month_in_either_order(cells, iso):
+    values, bad, formats = data._numbers_and_formats(np.array(cells, dtype=object))
+    want = np.array(iso, dtype="datetime64[s]").astype(np.int64) / 86400  # numpy's calendar
+    assert bad is None and formats == ["date"]
+    np.testing.assert_allclose(values, want, rtol=1e-15)
+
+
+def test_dates_that_never_say_which_field_is_the_day_stay_text():
+    values, bad, formats = data._numbers_and_formats(
+        np.array(["01/02/2021", "03/04/2020", "12/11/2021"], dtype=object))
+    assert bad == 0 and formats == [] and np.isnan(values).all()
+    # the day first (15 > 12), and 31 February is no date: that cell stays text
+    values, bad, _ = data._numbers_and_formats(np.array(["15/03/2021", "31/02/2021"],
+                                                        dtype=object))
+    assert bad == 1 and values[0] == np.datetime64("2021-03-15").astype(np.int64)
