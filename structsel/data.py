@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import collections
 import csv
-import datetime
 import gzip
 import pathlib
 import re
@@ -26,6 +25,10 @@ import zipfile
 from typing import NamedTuple
 
 import numpy as np
+
+from structsel.cells import (DECIMAL_COMMA, category, from_decimal_comma, has_decimal_comma,
+                             is_missing, numbers, numbers_and_formats)
+from structsel.cells import FORMATS as FORMATS, MISSING as MISSING  # re-exported
 
 TASKS = ("classification", "regression")
 SKLEARN_SETS = ("digits", "breast_cancer", "wine", "diabetes")
@@ -215,7 +218,7 @@ def read_table(path: str | pathlib.Path, *, target: str | None = None
     column with a value that is not a number is read as text labels (array of str). The
     CSV is UTF-8 (a byte-order mark is skipped) separated by ',' or, when its header row
     holds more of them, ';', tab or '|'. Integer and float16 arrays of an .npz are
-    accepted (converted to float). Feature cells in `MISSING` (empty, 'NA', '?', ...) are
+    accepted (converted to float). Feature cells in `cells.MISSING` (empty, 'NA', '?', ...) are
     missing values (NaN). When every feature column is numeric the features are a float
     array; when a column holds text categories (`column_kinds`) they are an object array
     of the cells (numbers as float, text stripped, a missing text cell '').
@@ -225,10 +228,10 @@ def read_table(path: str | pathlib.Path, *, target: str | None = None
     if np.issubdtype(cells.dtype, np.number):  # an .npz
         return cells, y, names
     kinds = column_kinds(cells, names, source=path)
-    numbers = {j: _numbers(cells[:, j])[0] for j, k in enumerate(kinds) if k == "numeric"}
-    if len(numbers) == len(names):
-        return np.stack([numbers[j] for j in range(len(names))], axis=1), y, names
-    x = np.array([[numbers[j][i] if j in numbers else _category(cells[i, j])
+    values = {j: numbers(cells[:, j])[0] for j, k in enumerate(kinds) if k == "numeric"}
+    if len(values) == len(names):
+        return np.stack([values[j] for j in range(len(names))], axis=1), y, names
+    x = np.array([[values[j][i] if j in values else category(cells[i, j])
                    for j in range(len(names))] for i in range(len(cells))], dtype=object)
     return x, y, names
 
@@ -287,8 +290,8 @@ def _read_csv(path: pathlib.Path, target: str | None
         raise DataError(f"{path}: needs a header row and at least one data row")
     header, body = [h.strip() for h in rows[0]], rows[1:]
     if delimiter != "," and first.count(delimiter) and any(
-            _EU_DECIMAL.match(v.strip()) for row in body for v in row):
-        body = [[_from_decimal_comma(v) for v in row] for row in body]
+            has_decimal_comma(v) for row in body for v in row):
+        body = [[from_decimal_comma(v) for v in row] for row in body]
     duplicated = sorted({h for h in header if header.count(h) > 1})
     if duplicated:
         raise DataError(f"{path}: column names must be unique; {duplicated} appear more than "
@@ -308,7 +311,7 @@ def _read_csv(path: pathlib.Path, target: str | None
             raise DataError(f"{path}: line {r} has {len(row)} fields, header has {len(header)}")
         cells[r - 2] = [v.strip() for i, v in enumerate(row) if i != col]
         labels.append(row[col].strip())
-    values, bad = _numbers(np.array(labels, dtype=object))
+    values, bad = numbers(np.array(labels, dtype=object))
     # a gap: an empty cell, or a missing-value marker among numbers ('none' can be a class)
     gaps = [r for r, v in enumerate(labels) if v == "" or (bad is None and np.isnan(values[r]))]
     if gaps:
@@ -323,185 +326,25 @@ def _read_csv(path: pathlib.Path, target: str | None
 
 
 _DELIMITERS = (",", ";", "\t", "|")
-# numbers with a decimal comma (and dots grouping thousands), as spreadsheets write them in
-# much of Europe: read so in a file separated by ';', tab or '|' that has such a cell
-_EU_DECIMAL = re.compile(r"^[-+]?[$\u20ac\u00a3\u00a5]?\s?[-+]?(\d{1,3}(\.\d{3})+|\d+),\d+"
-                         r"\s?(%|[$\u20ac\u00a3\u00a5])?$")
-_EU_NUMBER = re.compile(r"^(?P<pre>[-+]?[$\u20ac\u00a3\u00a5]?\s?[-+]?)"
-                        r"(?P<num>(\d{1,3}(\.\d{3})+|\d+)(,\d+)?)"
-                        r"(?P<post>\s?(%|[$\u20ac\u00a3\u00a5])?)$")
-
-
-def _from_decimal_comma(cell: str) -> str:
-    """'1.234,5' -> '1234.5', '12,5 %' -> '12.5 %', '-0,8' -> '-0.8'; other cells unchanged."""
-    m = _EU_NUMBER.match(cell.strip())
-    if not m:
-        return cell
-    return m["pre"] + m["num"].replace(".", "").replace(",", ".") + m["post"]
-
-
-# feature cells read as a missing value (compared after strip, case-insensitive): pandas'
-# default missing markers and UCI's '?'
-MISSING = frozenset({"", "?", "na", "n/a", "nan", "-nan", "null", "none", "#n/a", "<na>"})
 # a text column becomes one indicator column per category seen on at least
 # MIN_CATEGORY_ROWS training rows, at most MAX_CATEGORIES of them (the most frequent);
 # the others share one 'other' column
 MAX_CATEGORIES = 30
 MIN_CATEGORY_ROWS = 2
-_DECIMAL_COMMA = re.compile(r"^[-+]?\d+,\d+$")
 
-
-def _missing(value) -> bool:
-    if isinstance(value, str):
-        return value.strip().lower() in MISSING
-    return bool(np.isnan(value))
-
-
-def _category(value) -> str:
-    """A text cell as its category ('' for a missing value)."""
-    if not isinstance(value, str):
-        return "" if np.isnan(value) else f"{float(value):g}"
-    return "" if _missing(value) else value.strip()
-
-
-# numbers as people write them in tables (`_number`): a currency sign before or after,
-# a percent sign after, thousands grouped by commas; ISO dates and date-times
-_UNITS = re.compile(r"^(?P<sign>[-+]?)(?P<pre>[$\u20ac\u00a3\u00a5]?)(?P<sign2>[-+]?)"
-                    r"(?P<int>\d{1,3}(?:,\d{3})+|\d+)(?P<frac>\.\d+)?\s?"
-                    r"(?P<post>%|[$\u20ac\u00a3\u00a5])?$")
-_DATE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})(?:[T ](\d{2}):(\d{2})(?::(\d{2}(?:\.\d+)?))?)?$")
-_EPOCH = datetime.date(1970, 1, 1).toordinal()
-FORMATS = ("currency", "percent", "thousands", "date")  # what `_number` reads, by name
-
-
-def _number(text: str, grouped: bool = False) -> tuple[float | None, tuple, bool]:
-    """(value, formats, unambiguous grouping) of a cell that `float` does not read:
-    '$1,200.50' -> 1200.5 ('currency', 'thousands'), '12.5%' -> 12.5 ('percent',),
-    '1,234,567' -> 1234567 ('thousands',), '2020-03-01' or '2020-03-01T12:00' -> days since
-    1970-01-01 ('date',); (None, (), False) for text. A single comma group without a currency sign or a
-    decimal point ('6,621': 6621, or 6.621 with a decimal comma) is read only with
-    `grouped` (the column has unambiguous groupings elsewhere)."""
-    text = text.strip()
-    m = _DATE.match(text)
-    if m:
-        y, mo, d, h, mi, sec = m.groups()
-        try:
-            day = datetime.date(int(y), int(mo), int(d)).toordinal() - _EPOCH
-        except ValueError:
-            return None, (), False
-        if h is not None and not (int(h) < 24 and int(mi) < 60 and float(sec or 0) < 60):
-            return None, (), False
-        seconds = 3600 * int(h or 0) + 60 * int(mi or 0) + float(sec or 0)
-        return day + seconds / 86400, ("date",), False
-    m = _UNITS.match(text)
-    if not m or (m["sign"] and m["sign2"]) or (m["pre"] and m["post"]):
-        return None, (), False
-    digits = m["int"]
-    clear = "," in digits and (digits.count(",") > 1 or bool(m["frac"]) or bool(m["pre"])
-                               or m["post"] not in (None, "%"))
-    if "," in digits and not (clear or grouped):
-        return None, (), False
-    value = float(digits.replace(",", "") + (m["frac"] or ""))
-    value = -value if "-" in (m["sign"] + m["sign2"]) else value
-    units = (("percent",) if m["post"] == "%" else ("currency",) if m["pre"] or m["post"]
-             else ()) + (("thousands",) if "," in digits else ())
-    return (value, units, clear) if units else (None, (), False)
-
-
-def _parse_column(col: np.ndarray) -> dict:
-    """{distinct cell: (value, formats)}: value NaN for a missing cell, None for text."""
-    parsed, clear = {}, False
-    for v in col:
-        if v not in parsed:
-            if _missing(v):
-                parsed[v] = (np.nan, ())
-                continue
-            try:
-                parsed[v] = (float(v), ())
-            except ValueError:
-                value, units, unambiguous = _number(v)
-                parsed[v] = (value, units)
-                clear |= unambiguous
-    if clear:  # '6,621' next to '1,234.50' or '1,234,567': a thousands separator too
-        for v, (value, _) in parsed.items():
-            if value is None:
-                parsed[v] = _number(v, grouped=True)[:2]
-    dates = {v: m for v, (value, _) in parsed.items()
-             if value is None and (m := _DAY_MONTH.match(v.strip()))}
-    if dates:  # 03/15/2021 or 15.03.2021: the column says which field is the day
-        order = _day_first(list(dates.values()))
-        for v, m in dates.items():
-            if order is not None:
-                parsed[v] = _day_month_date(m, order)
-    return parsed
-
-
-# dates written day and month first: 03/15/2021, 15.03.2021, 3/15/2021 14:30
-_DAY_MONTH = re.compile(r"^(\d{1,2})([/.])(\d{1,2})\2(\d{4})(?:[ T](\d{1,2}):(\d{2})(?::(\d{2}))?)?$")
-
-
-def _day_first(matches) -> bool | None:
-    """Whether a column's dates `_DAY_MONTH` put the day first: True when a first field
-    exceeds 12 and no second one does, False for the other way round (03/15/2021, as
-    written in the US), True for dotted dates that do not say (15.03.2021 is the European
-    way), None when slashed dates never say (01/02/2021: January or February?)."""
-    first = max(int(m[1]) for m in matches)
-    second = max(int(m[3]) for m in matches)
-    if first > 12 and second <= 12:
-        return True
-    if second > 12 and first <= 12:
-        return False
-    if first <= 12 and second <= 12 and all(m[2] == "." for m in matches):
-        return True
-    return None
-
-
-def _day_month_date(m, day_first: bool) -> tuple[float | None, tuple]:
-    """(days since 1970-01-01, ('date',)) of a `_DAY_MONTH` match, or (None, ()) if it is
-    not a calendar date."""
-    day, month = (int(m[1]), int(m[3])) if day_first else (int(m[3]), int(m[1]))
-    h, mi, sec = int(m[5] or 0), int(m[6] or 0), int(m[7] or 0)
-    try:
-        ordinal = datetime.date(int(m[4]), month, day).toordinal() - _EPOCH
-    except ValueError:
-        return None, ()
-    if not (h < 24 and mi < 60 and sec < 60):
-        return None, ()
-    return ordinal + (3600 * h + 60 * mi + sec) / 86400, ("date",)
-
-
-def _numbers(col: np.ndarray) -> tuple[np.ndarray, int | None]:
-    """(the column as float64 with NaN where a value is missing, row of the first cell that
-    is neither a number (`_number`: also with a currency or percent sign, thousands
-    separators, an ISO date) nor missing, or None)."""
-    return _numbers_and_formats(col)[:2]
-
-
-def _numbers_and_formats(col: np.ndarray) -> tuple[np.ndarray, int | None, list[str]]:
-    """`_numbers` and the formats (`FORMATS`, sorted) its numbers were written in, from
-    one parse of each distinct cell."""
-    if np.issubdtype(col.dtype, np.number):
-        return col.astype(np.float64), None, []
-    parsed = _parse_column(col)
-    value = {v: np.nan if p[0] is None else p[0] for v, p in parsed.items()}
-    out = np.fromiter(map(value.__getitem__, col), np.float64, len(col))
-    text = {v for v, p in parsed.items() if p[0] is None}
-    bad = next((i for i, v in enumerate(col) if v in text), None) if text else None
-    return out, bad, sorted({unit for _, units in parsed.values() for unit in units})
 
 
 def column_kinds(cells: np.ndarray, names, *, source) -> list[str]:
     """'numeric' or 'text' for each column of the (n, d) cells. A column is text when
     some present cell is not a number: codes mixing numbers and text (tickets, postcodes)
     are text too. A column of mostly numbers whose other cells are one repeated value (a
-    missing-value marker not in `MISSING`) or under 5 % of its cells (typos), a column
-    with decimal commas, and
-    a numeric column with an infinite value raise DataError naming the column and the
-    line."""
+    missing-value marker not in `cells.MISSING`) or under 5 % of its cells (typos), a column
+    with decimal commas, and a numeric column with an infinite value raise DataError
+    naming the column and the line."""
     kinds = []
     for j, name in enumerate(names):
         col = cells[:, j]
-        values, bad = _numbers(col)
+        values, bad = numbers(col)
         if bad is None:
             if np.isinf(values).any():
                 row = int(np.nonzero(np.isinf(values))[0][0])
@@ -509,8 +352,8 @@ def column_kinds(cells: np.ndarray, names, *, source) -> list[str]:
                                 f"{_where(source, row)})")
             kinds.append("numeric")
             continue
-        present = [i for i, v in enumerate(col) if not _missing(v)]
-        if all(_DECIMAL_COMMA.match(col[i]) for i in present if np.isnan(values[i])):
+        present = [i for i, v in enumerate(col) if not is_missing(v)]
+        if all(DECIMAL_COMMA.match(col[i]) for i in present if np.isnan(values[i])):
             raise DataError(f"{source}: line {bad + 2}, column {name!r} is not numeric "
                             f"({col[bad]!r}: a decimal comma or a thousands separator? write "
                             "numbers as 1234.5)")
@@ -531,7 +374,7 @@ def fit_encoding(x: np.ndarray, names, rows, *, source, kinds=None,
     every column is numeric without a missing value (the table is used as read). Else a
     JSON-able record {"columns": [...]}, one entry per column:
     - numeric: {"name", "kind": "numeric"} plus "formats" when its numbers carry a
-      currency or percent sign, thousands separators or are ISO dates (`FORMATS`; a date
+      currency or percent sign, thousands separators or are ISO dates (`cells.FORMATS`; a date
       is its number of days since 1970-01-01) and, when the column has missing values,
       "fill" (the median of its training values) and "indicator" (true when training
       rows miss it: an extra 0/1 column 'name (missing)'); with `bins` > 0, a column
@@ -554,7 +397,7 @@ def fit_encoding(x: np.ndarray, names, rows, *, source, kinds=None,
     for j, (name, kind) in enumerate(zip(names, kinds)):
         if kind == "text":
             plain = False
-            train = [_category(v) for v in x[rows, j]]
+            train = [category(v) for v in x[rows, j]]
             counts = collections.Counter(train)
             ranked = sorted(counts, key=lambda c: (-counts[c], c))
             kept = [c for c in ranked if counts[c] >= MIN_CATEGORY_ROWS][:MAX_CATEGORIES]
@@ -567,7 +410,7 @@ def fit_encoding(x: np.ndarray, names, rows, *, source, kinds=None,
             columns.append({"name": name, "kind": "categorical", "categories": sorted(kept),
                             "other": bool(other)})
             continue
-        values, _, formats = _numbers_and_formats(x[:, j])
+        values, _, formats = numbers_and_formats(x[:, j])
         index = _index_column(name, values)
         if index:
             plain = False
@@ -671,7 +514,7 @@ def apply_encoding(x: np.ndarray, names, encoding: dict, *, source
     for j, c in enumerate(encoding["columns"]):
         name = c["name"]
         if c["kind"] == "numeric":
-            values, bad = _numbers(x[:, j])
+            values, bad = numbers(x[:, j])
             if bad is not None:
                 raise DataError(f"{source}: {_where(source, bad)}, column {name!r} is not "
                                 f"numeric ({x[bad, j]!r}; the model reads a number)")
@@ -698,7 +541,7 @@ def apply_encoding(x: np.ndarray, names, encoding: dict, *, source
                     out.append((which == k).astype(np.float64))
                     out_names.append(f"{name} in [{bounds[k]:.4g}, {bounds[k + 1]:.4g})")
         elif c["kind"] == "categorical":
-            values = np.array([_category(v) for v in x[:, j]], dtype=object)
+            values = np.array([category(v) for v in x[:, j]], dtype=object)
             cats = list(c["categories"])
             for cat in _category_columns(c):
                 out.append((values == cat).astype(np.float64))

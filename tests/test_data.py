@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 
+from structsel import cells as cell_lib
 from structsel import data
 
 
@@ -138,12 +139,12 @@ def test_encoding_matches_scikit_learn_imputer_and_one_hot():
     x, out_names = data.apply_encoding(cells, names, encoding, source="t.csv")
 
     def numbers(col):
-        return np.array([np.nan if v.strip().lower() in data.MISSING else float(v) for v in col])
+        return np.array([np.nan if v.strip().lower() in cell_lib.MISSING else float(v) for v in col])
 
     nums = np.stack([numbers(cells[:, 0]), numbers(cells[:, 1])], axis=1)
     imputer = SimpleImputer(strategy="median", add_indicator=True).fit(nums[train])
     imputed = imputer.transform(nums)  # a, b, then the indicator of a (b misses none in train)
-    text = np.array([["" if v.lower() in data.MISSING else v] for v in cells[:, 2]])
+    text = np.array([["" if v.lower() in cell_lib.MISSING else v] for v in cells[:, 2]])
     onehot = OneHotEncoder(min_frequency=2, handle_unknown="infrequent_if_exist",
                            sparse_output=False).fit(text[train])
     binary = OneHotEncoder(drop="if_binary", sparse_output=False).fit(cells[train][:, 3:4])
@@ -258,7 +259,7 @@ def test_codes_mixing_numbers_and_text_are_a_text_column(tmp_path):
     ("2020-03-01 12:00:30", 18322 + 43230 / 86400, ("date",)),
 ])
 def test_numbers_written_with_units_are_read(text, value, formats):
-    got, units, _ = data._number(text)
+    got, units, _ = cell_lib.parse_number(text)
     assert got == pytest.approx(value, rel=1e-15) and units == formats
     if "date" in formats:  # an independent oracle: numpy's calendar
         stamp = np.datetime64(text.replace(" ", "T"), "s").astype(np.int64)
@@ -268,7 +269,7 @@ def test_numbers_written_with_units_are_read(text, value, formats):
 @pytest.mark.parametrize("text", ["6,621", "\u20ac3,5", "2020-02-30", "2020-03-01T25:00",
                                   "+ 5", "1.5.2", "(12)", "$5%", "--5", "A1", "12,34"])
 def test_cells_that_are_not_unambiguous_numbers_stay_text(text):
-    assert data._number(text) == (None, (), False)
+    assert cell_lib.parse_number(text) == (None, (), False)
 
 
 def test_percent_currency_dates_and_thousands_columns(tmp_path):
@@ -424,8 +425,8 @@ def test_decimal_commas_in_a_semicolon_separated_file(tmp_path):
     x, _, _ = data.read_table(_write(tmp_path / "p.csv", "a;y\n" + "".join(
         f"{i}.500;{i % 2}\n" for i in range(30))), target="y")
     np.testing.assert_array_equal(x[:, 0], np.arange(30) + 0.5)
-    assert data._from_decimal_comma("1.234,5") == "1234.5"
-    assert data._from_decimal_comma("-0,8") == "-0.8" and data._from_decimal_comma("ab") == "ab"
+    assert cell_lib.from_decimal_comma("1.234,5") == "1234.5"
+    assert cell_lib.from_decimal_comma("-0,8") == "-0.8" and cell_lib.from_decimal_comma("ab") == "ab"
 
 
 def test_a_target_of_mostly_distinct_labels_is_refused(tmp_path):
@@ -446,17 +447,17 @@ def test_a_target_of_mostly_distinct_labels_is_refused(tmp_path):
     (["03/15/2021 14:30", "12/01/2020"], ["2021-03-15T14:30", "2020-12-01"]),
 ])
 def test_dates_with_the_day_and_month_in_either_order(cells, iso):
-    values, bad, formats = data._numbers_and_formats(np.array(cells, dtype=object))
+    values, bad, formats = cell_lib.numbers_and_formats(np.array(cells, dtype=object))
     want = np.array(iso, dtype="datetime64[s]").astype(np.int64) / 86400  # numpy's calendar
     assert bad is None and formats == ["date"]
     np.testing.assert_allclose(values, want, rtol=1e-15)
 
 
 def test_dates_that_never_say_which_field_is_the_day_stay_text():
-    values, bad, formats = data._numbers_and_formats(
+    values, bad, formats = cell_lib.numbers_and_formats(
         np.array(["01/02/2021", "03/04/2020", "12/11/2021"], dtype=object))
     assert bad == 0 and formats == [] and np.isnan(values).all()
     # the day first (15 > 12), and 31 February is no date: that cell stays text
-    values, bad, _ = data._numbers_and_formats(np.array(["15/03/2021", "31/02/2021"],
+    values, bad, _ = cell_lib.numbers_and_formats(np.array(["15/03/2021", "31/02/2021"],
                                                         dtype=object))
     assert bad == 1 and values[0] == np.datetime64("2021-03-15").astype(np.int64)
