@@ -74,6 +74,82 @@ def test_propose_returns_otsus_upper_group_when_it_is_apart():
         features.propose([2.0, 1.0], separation=0.5)
 
 
+def test_univariate_pvalues_are_scikit_learns_f_tests():
+    # oracle: sklearn.feature_selection.f_classif (ANOVA) / f_regression (correlation), in
+    # float64 both; rtol 1e-9 (the same sums in another order, p down to ~1e-40). A
+    # constant column: p = 1 here, NaN there (0 / 0); a column that separates the classes
+    # perfectly: p = 0 (F = inf there too)
+    import warnings
+    from sklearn.feature_selection import f_classif, f_regression
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(150, 12))
+    x[:, 3] = 2.5
+    y = (x[:, 0] + 0.5 * x[:, 1] > 0).astype(int) + (x[:, 2] > 1)
+    x[:, 4] = y  # separates perfectly: zero within-class variance
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # sklearn warns about the constant column
+        want_c = f_classif(x, y)[1]
+        want_r = f_regression(x, x[:, 0] * 2 + rng.normal(size=150))[1]
+    got_c = features.univariate_pvalues(x, y, classification=True)
+    assert got_c[3] == 1.0 and got_c[4] == 0.0 and np.isnan(want_c[3])
+    keep = np.arange(12) != 3
+    np.testing.assert_allclose(got_c[keep], want_c[keep], rtol=1e-9, atol=1e-300)
+    rng = np.random.default_rng(1)
+    rng.normal(size=(150, 12))
+    yr = x[:, 0] * 2 + rng.normal(size=150)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        want_r = f_regression(x, yr)[1]
+    got_r = features.univariate_pvalues(x, yr, classification=False)
+    assert got_r[3] == 1.0
+    np.testing.assert_allclose(got_r[keep], want_r[keep], rtol=1e-9, atol=1e-300)
+    # a single class, or no more rows than classes: no test, p = 1
+    np.testing.assert_array_equal(features.univariate_pvalues(x, np.zeros(150, int), True), 1.0)
+
+
+def test_fdr_columns_are_scipys_benjamini_hochberg_rejections():
+    # oracle: scipy.stats.false_discovery_control (BH-adjusted p-values) <= level
+    from scipy.stats import false_discovery_control
+
+    rng = np.random.default_rng(2)
+    for _ in range(30):
+        p = rng.uniform(size=int(rng.integers(1, 80))) ** rng.choice([1.0, 3.0, 8.0])
+        for level in (0.01, 0.05, 0.2):
+            want = np.flatnonzero(false_discovery_control(p) <= level)
+            np.testing.assert_array_equal(features.fdr_columns(p, level), want)
+    # the step-up rule by hand: the second smallest, 0.03 > 0.05 * 2 / 4, fails alone, but
+    # the third, 0.036 <= 0.05 * 3 / 4, passes and keeps both
+    np.testing.assert_array_equal(features.fdr_columns([0.001, 0.036, 0.03, 0.9]), [0, 1, 2])
+    assert features.fdr_columns([0.5, 0.9]).size == 0
+
+
+def test_the_univariate_proposal_finds_a_wide_tables_columns_and_declines_otherwise():
+    # 300 columns, 360 rows, the label a function of columns 0-14 (as the session-32 wide
+    # table: there the search's relevances did not single them out)
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(360, 300))
+    y = (x[:, :15] @ rng.uniform(0.5, 1.0, size=15) > 0).astype(int)
+    kept = features.propose_univariate(x, y, classification=True)
+    assert kept is not None and set(kept) <= set(range(300)) and len(kept) <= 30
+    assert len(set(kept) & set(range(15))) >= 8  # most of the informative ones, few others
+    # the filter on a fold: all columns when none passes; the proposal declines both that
+    # and a group of more than half of the columns
+    noise = rng.normal(size=(360, 20))
+    label = rng.integers(0, 2, size=360)
+    np.testing.assert_array_equal(features.univariate_columns(noise, label, True),
+                                  np.arange(20))
+    assert features.propose_univariate(noise, label, True) is None
+    strong = noise + label[:, None]  # every column informative
+    assert features.propose_univariate(strong, label, True) is None
+    np.testing.assert_array_equal(
+        features.propose_univariate(strong, label, True, max_fraction=1.0), np.arange(20))
+    # an XOR's columns pass no univariate test (the relevance proposal is theirs)
+    xor = (noise[:, 0] * noise[:, 1] > 0).astype(int)
+    p = features.univariate_pvalues(noise, xor, True)
+    assert not {0, 1} & set(features.fdr_columns(p))
+
+
 def _noisy_xor_csv(path, n=240, noise_columns=10, seed=0):
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(n, 2 + noise_columns))
@@ -135,6 +211,11 @@ def test_screening_is_off_outside_tables_and_records_why_nothing_was_retrained()
     assert fs["proposed"] is None and fs["kept"] == "all" and "no clearly separated" in fs["reason"]
     text = runner.format_summary({"dataset": "t", "features": fs})
     assert "all 3 columns (no clearly separated group)" in text
+    tried = {**fs, "proposed": [0, 1], "proposals": [
+        {"source": "relevance", "proposed": [0, 1]}, {"source": "univariate", "proposed": [2]}]}
+    assert ("all 3 columns (proposed [0, 1] by the search's input relevances; [2] by "
+            "univariate F tests: not better on validation)") in runner.format_summary(
+                {"features": tried})
     kept = {**fs, "proposed": [0], "kept": [0]}
     assert "1 of 3 columns: [0]" in runner.format_summary({"features": kept})
     fallback = {"selected_val": 0.5, "selected_test": 0.5, "selected_params": 10}

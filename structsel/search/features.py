@@ -77,6 +77,83 @@ def otsu_split(values) -> int:
     return best_k
 
 
+# --- univariate screening: a second proposal, for wide tables ---------------------------------
+# False discovery rate of the univariate proposal (Benjamini-Hochberg), and the largest
+# fraction of the columns it may keep to be tried at all.
+FDR = 0.05
+UNIVARIATE_FRACTION = 0.5
+
+
+def univariate_pvalues(x, y, classification: bool) -> np.ndarray:
+    """p (d,): the p-value of each column of x (n, d) against y (n,) under the F test of
+    no association. Classification (y: class indices): one-way ANOVA over the classes,
+    F = [sum_c n_c (m_c - m)^2 / (C - 1)] / [sum_c sum_{i in c} (x_i - m_c)^2 / (n - C)]
+    on (C - 1, n - C) degrees of freedom. Regression: F = (n - 2) rho^2 / (1 - rho^2) on
+    (1, n - 2), rho the Pearson correlation. A constant column gets p = 1. float64."""
+    from scipy.special import fdtrc
+
+    x, y = np.asarray(x, np.float64), np.asarray(y)
+    n = x.shape[0]
+    if classification:
+        classes, index = np.unique(y, return_inverse=True)
+        c = len(classes)
+        if c < 2 or n <= c:
+            return np.ones(x.shape[1])
+        counts = np.bincount(index, minlength=c).astype(np.float64)
+        means = np.stack([np.bincount(index, col, c) for col in x.T], 1) / counts[:, None]
+        between = (counts[:, None] * (means - x.mean(0)) ** 2).sum(0) / (c - 1)
+        within = ((x - means[index]) ** 2).sum(0) / (n - c)
+        dfn, dfd = c - 1, n - c
+    else:
+        if n <= 2:
+            return np.ones(x.shape[1])
+        xc, yc = x - x.mean(0), np.asarray(y, np.float64) - np.mean(y)
+        sxx, syy = (xc ** 2).sum(0), float((yc ** 2).sum())
+        rho2 = np.where(sxx > 0, (xc.T @ yc) ** 2 / np.where(sxx > 0, sxx, 1.0)
+                        / (syy if syy > 0 else 1.0), 0.0)
+        between, within = rho2, (1.0 - rho2) / (n - 2)
+        dfn, dfd = 1, n - 2
+    positive = within > 0
+    f = np.where(positive, between / np.where(positive, within, 1.0), 0.0)
+    f = np.where(~positive & (between > 0), np.inf, f)  # a column that separates perfectly
+    return np.where(f > 0, fdtrc(dfn, dfd, f), 1.0)
+
+
+def fdr_columns(p, level: float = FDR) -> np.ndarray:
+    """Sorted indices of the columns that the Benjamini-Hochberg procedure at false
+    discovery rate `level` rejects: the k smallest p-values, k the largest with
+    p_(k) <= level k / d (empty when there is none)."""
+    p = np.asarray(p, np.float64)
+    d = len(p)
+    order = np.argsort(p, kind="stable")
+    passed = np.flatnonzero(p[order] <= level * np.arange(1, d + 1) / d)
+    return np.sort(order[:passed[-1] + 1]) if passed.size else np.array([], int)
+
+
+def univariate_columns(x, y, classification: bool, level: float = FDR) -> np.ndarray:
+    """The columns of x associated with y on their own (`fdr_columns` of
+    `univariate_pvalues`), all columns when none is: the column filter that the
+    cross-validation repeats on each fold's training rows."""
+    kept = fdr_columns(univariate_pvalues(x, y, classification), level)
+    return kept if kept.size else np.arange(np.shape(x)[1])
+
+
+def propose_univariate(x, y, classification: bool, level: float = FDR,
+                       max_fraction: float = UNIVARIATE_FRACTION) -> np.ndarray | None:
+    """The univariate proposal (`univariate_columns`), or None when no column or more than
+    `max_fraction` of them pass. On a wide table (300 columns, 360 training rows, 25 of them
+    informative) the supernet's relevance does not single out the informative columns (its
+    input kernels interpolate) and the marginal F tests do (docs/tables.md, session 32); a
+    filter that keeps most columns would rarely pay for another retraining round. Columns
+    that act only jointly (an XOR) pass no univariate test: the relevance proposal is the
+    one for them."""
+    d = np.shape(x)[1]
+    kept = fdr_columns(univariate_pvalues(x, y, classification), level)
+    if kept.size == 0 or kept.size > max_fraction * d:
+        return None
+    return kept
+
+
 def take_columns(splits, columns):
     """`splits` (an `enumeration.Splits`) with x_train / x_val / x_test restricted to
     `columns` (indices of the last axis)."""

@@ -599,16 +599,24 @@ def format_summary(summary: dict) -> str:
         values["params"] = f"{summary['params']} per model, {en['params_total']} in all"
     fs, names = summary.get("features"), summary.get("feature_names")
     if fs:
-        n = len(fs["relevance"])
+        n = fs.get("num_features") or len(fs["relevance"])
 
         def named(cols):  # column indices, with the table's names when it has them
             return f"{cols}" + ("" if not names or len(names) != n else
                                 f" ({', '.join(str(names[j]) for j in cols)})")
+        sources = {"relevance": "the search's input relevances",
+                   "univariate": "univariate F tests"}
+        tried = fs.get("proposals") or [{"proposed": fs["proposed"], "source": None}]
         values["features"] = (
             f"all {n} columns (no clearly separated group)" if fs["proposed"] is None else
-            f"all {n} columns (proposed {named(fs['proposed'])}: not better on validation)"
+            f"all {n} columns (proposed " + "; ".join(
+                named(t["proposed"]) + (f" by {sources[t['source']]}" if t["source"] else "")
+                for t in tried) + ": not better on validation)"
             if fs["kept"] == "all" else f"{len(fs['kept'])} of {n} columns: {named(fs['kept'])}"
-            + (" (with another candidate than on all columns)" if fs.get("candidate_changed")
+            + (f" (from {sources[fs['source']]})" if fs.get("source") else "")
+            + (" (with a network of a second search on them)"
+               if (fs.get("second_search") or {}).get("better") else
+               " (with another candidate than on all columns)" if fs.get("candidate_changed")
                else ""))
         if summary.get("fallback") and fs["kept"] != "all":
             values["features"] += " (the selection's; the returned linear model reads all)"
@@ -841,6 +849,11 @@ def _search_and_write(run, config, ds, problem, method, progress, start, *, outc
                                         cv=cv)
             summary = _screen_features(final, outcome, run, config, k_retrain, summary,
                                        evaluator=retrainer, predictions=predictions, cv=cv)
+            summary = _search_kept_columns(
+                problem, final, method, outcome, run, config, summary, base,
+                search_key=jax.random.fold_in(k_search, 1), retrain_key=k_retrain,
+                search_evaluator=evaluator, evaluator=retrainer, predictions=predictions,
+                cv=cv, progress=progress)
         # Compare with the constant and linear references (and HistGradientBoosting) on the
         # same split; return the linear model when the selection does not beat it.
         baselines = baselines.result()
@@ -1097,69 +1110,212 @@ def _selection_summary(problem, outcome, run, config, base, chosen, best: int, *
 
 def _screen_features(problem, outcome, run, config, key, summary, *, evaluator,
                      predictions: dict | None = None, cv: dict | None = None) -> dict:
-    """Budget `feature_screening` (tables): when the search's input relevances propose a
-    group of columns (`features.propose`: Otsu's upper group), retrains the selected
-    structure on those columns alone and keeps it when its validation
-    metric is better (the deep ensemble's when the budget ensembles; an exact tie goes to
-    the lower ensemble validation loss, else to all columns). Records `features` in the
-    summary and, when kept, the columns in structure.json (`retrain` reads them).
+    """Budget `feature_screening` (tables): retrains the selection on proposed groups of
+    columns and keeps a group when its validation metric is better. Two proposals, tried
+    in this order, each against the best so far (all columns, then the first group if it
+    was kept):
+
+    - "relevance": the search's input relevances (`features.propose`: Otsu's upper group);
+    - "univariate": the columns whose F test against the target passes the
+      Benjamini-Hochberg procedure (`features.propose_univariate`), tried when it keeps at
+      most half of them: on a wide table the supernet's input kernels interpolate and
+      their relevances do not single out the informative columns (session 32). With
+      cross-validation the filter is repeated on every fold's training rows
+      (`features.univariate_columns`), so the out-of-fold score is the whole procedure's.
+
+    The model is the deep ensemble's when the budget ensembles (an exact tie goes to the
+    lower ensemble validation loss, else to the columns already held). Records `features`
+    in the summary (the deciding trial's fields; every trial under "proposals") and, when
+    a group is kept, the columns in structure.json (`retrain` reads them).
 
     `key` is the candidates' retraining key on purpose: a paired comparison, the subset's
     models see the same minibatch rows and dropout masks as the all-column ones.
     `evaluator`: the candidates' (at the final width); the subset trains with its
     compiled program, the dropped columns masked (`Evaluator(columns=)`), not retraced.
-    `predictions`: receives the subset ensemble's outputs (subset_*, all_columns_*) and,
-    when it is kept, makes them the selection's (selected_*).
+    `predictions`: receives each trial's outputs (relevance: subset_*; univariate:
+    univariate_subset_*), the all-column ones (all_columns_*) and, when a group is kept,
+    makes its outputs the selection's (selected_*).
 
     `cv` (`_cv_state`, holding the selection's out-of-fold outputs and the retrained
     candidates): the choice of candidate and columns is joint. Every candidate is trained
     on the proposed columns too, on the split and on every fold; the best of them by
     out-of-fold metric (ties: lower out-of-fold loss, then fewer parameters) is kept when
-    it beats the all-column selection out of fold (ties: lower loss), and is returned even
+    it beats the best so far out of fold (ties: lower loss), and is returned even
     when it is another candidate than the all-column one (session 26: on a moons table the
     linear candidate won on all 12 columns, and gained nothing from the 2 moon columns on
     which the networks beat it)."""
+    r = outcome.extra.get("input_relevance")
+    if not config.budget.feature_screening or (r is None and problem is None):
+        return summary
+    d = None if r is None else len(r)
+    trials = []  # (source, columns, fold filter or None)
+    if r is not None:
+        trials.append(("relevance", features.propose(r), None))
+    data = problem.data if problem is not None else None
+    if data is not None and problem.space.layout == "vector" and np.ndim(data.x_train) == 2:
+        d = int(data.x_train.shape[1])
+        classification = problem.task.name == "classification"
+        uni = features.propose_univariate(data.x_train, data.y_train, classification)
+        trials.append(("univariate", uni, functools.partial(
+            _fold_univariate, classification=classification)))
+    if d is None:
+        return summary
+    tried = {}  # columns -> the trial record, each group once
+    all_record = {**{k: summary.get(k) for k in ("choice", "val_metric", "test_metric",
+                                                 "params")},
+                  "val_loss": summary.get("ensemble", {}).get("val_loss")}
+    if predictions is not None and "selected_val" in predictions:
+        predictions.update(all_columns_val=predictions["selected_val"],
+                           all_columns_test=predictions["selected_test"])
+    held, kept_trial = "all", None  # the columns the summary's model reads
+    for source, cols, fold_filter in trials:
+        if cols is None or len(cols) == d or tuple(cols) in tried:
+            continue
+        trial = _try_columns(problem, run, config, key, summary, cols, source, fold_filter,
+                             evaluator=evaluator, predictions=predictions, cv=cv)
+        tried[tuple(cols)] = trial["record"]
+        if trial["better"]:
+            summary, held, kept_trial = trial["summary"], [int(j) for j in cols], trial
+    records = list(tried.values())
+    record = {"num_features": d, "relevance": r, "separation": features.SEPARATION,
+              "univariate": {"fdr": features.FDR,
+                             "max_fraction": features.UNIVARIATE_FRACTION,
+                             "proposed": next(([int(j) for j in c] for s, c, _ in trials
+                                               if s == "univariate" and c is not None),
+                                              None)},
+              "proposals": records, "all": all_record}
+    if not records:
+        summary["features"] = {**record, "proposed": None, "kept": "all", "source": None,
+                               "reason": "no clearly separated group of columns"}
+        return summary
+    decisive = kept_trial["record"] if kept_trial else records[0]
+    record.update({k: v for k, v in decisive.items() if k != "better"})
+    record["time_s"] = sum(t["time_s"] for t in records)
+    if kept_trial is None:
+        basis = "cross-validation" if "cross_validation" in decisive else "validation"
+        summary["features"] = {**record, "kept": "all",
+                               "reason": f"the proposed columns were not better on {basis}"}
+        return summary
+    changed = decisive["subset"]["choice"] != all_record["choice"]
+    basis = "cross-validation" if "cross_validation" in decisive else "validation"
+    record.update(kept=held, candidate_changed=changed,
+                  reason=f"{len(held)} of {d} columns ({decisive['source']}): better on "
+                         f"{basis}" + (" (another candidate than on all columns)"
+                                       if changed else ""))
+    summary = {**summary, "features": record}
+    structure = json.loads(run.path("structure.json").read_text())
+    run.write_json("structure.json", {**structure, "features": held, "num_features": d})
+    return summary
+
+
+def _search_kept_columns(problem, final, method, outcome, run, config, summary, base, *,
+                         search_key, retrain_key, search_evaluator, evaluator, predictions,
+                         cv, progress) -> dict:
+    """A second search on the kept columns, when the screening kept a group of columns and
+    every structure the first search proposed is the linear model (the identity op on
+    every edge). On a wide table (300 columns, 360 training rows) the linear skip of the
+    supernet interpolates the training rows, so the search proposes the linear model
+    whatever the columns say (session 32); on the columns kept the networks get their
+    chance. The search reads the table with the other columns set to 0 (its compiled
+    program, the same shapes); its proposals are retrained on the kept columns (on every
+    fold when cross-validated) and the best is held when it beats the screening's model
+    (`_try_columns`). Records `features["second_search"]`."""
+    fs = summary.get("features") or {}
+    ops = problem.space.op_names
+    if (fs.get("kept", "all") == "all" or outcome.choices is None
+            or not all(ops[c] == "identity" for ch in np.asarray(outcome.choices) for c in ch)):
+        return summary
+    start = time.perf_counter()
+    kept, d = fs["kept"], int(problem.data.x_train.shape[-1])
+    masked = problem._replace(data=features.mask_columns(
+        problem.data, features.column_mask(kept, d)))
+    second = method.search(masked, Evaluator(masked, progress=progress,
+                                             val_path=search_evaluator.val_path),
+                           key=search_key, restarts=config.seeds,
+                           relaxation=config.relaxation, progress=progress, jit=jax.jit)
+    search_time = time.perf_counter() - start
+    choices = np.unique(np.asarray(second.choices, np.int32), axis=0)
+    record = {"proposed": choices.tolist(), "search_time_s": search_time}
+    networks = np.array([not all(ops[c] == "identity" for c in ch) for ch in choices])
+    if not networks.any():
+        summary["features"] = {**fs, "second_search": {
+            **record, "better": False, "reason": "it proposed the linear model again"}}
+        return summary
+    candidates = choices[networks]
+    carried = {k: summary[k] for k in ("cross_validation",) if k in summary}
+    trial = _try_columns(
+        final, run, config, retrain_key, summary, kept, "second_search", None,
+        evaluator=evaluator, predictions=predictions, cv=cv, candidates=candidates,
+        summarise=lambda chosen, j: {**_selection_summary(
+            final, second, run, config, base, chosen, j, search_space=problem.space),
+            **carried})
+    record.update({k: v for k, v in trial["record"].items() if k not in ("source", "proposed")},
+                  time_s=time.perf_counter() - start)
+    held = trial["summary"] if trial["better"] else summary
+    features_record = {**fs, "second_search": record}
+    if trial["better"]:
+        features_record["candidate_changed"] = True  # a network, the all-column one linear
+        basis = "cross-validation" if "cross_validation" in record else "validation"
+        features_record["reason"] = (fs["reason"] + f"; a network of a second search on "
+                                     f"them better on {basis}")
+        structure = json.loads(run.path("structure.json").read_text())
+        run.write_json("structure.json", {**structure, "features": kept, "num_features": d})
+    return {**held, "features": features_record}
+
+
+def _fold_univariate(fold, *, classification: bool):
+    """The univariate filter (`features.univariate_columns`) on a fold's training rows."""
+    return features.univariate_columns(fold.x_train, fold.y_train, classification)
+
+
+def _try_columns(problem, run, config, key, summary, kept, source: str, fold_filter, *,
+                 evaluator, predictions, cv, candidates=None, summarise=None) -> dict:
+    """One trial of `_screen_features`: the selection (with cross-validation every
+    candidate) retrained on the columns `kept` and compared with `summary`'s model (or,
+    cross-validated, with cv's selected out-of-fold outputs). Returns {"better", "record",
+    "summary" (the summary to hold when better), "time_s"}; updates `cv` and
+    `predictions` when better. `fold_filter` (fold splits -> columns): the folds train on
+    the columns it picks on their own training rows (None: on `kept`). `candidates` (N, E)
+    and `summarise` ((chosen, index) -> summary): other structures than the run's retrained
+    candidates (a second search's), and how the summary of the one held is written."""
     from structsel.search import selection as sel
 
-    r = outcome.extra.get("input_relevance")
-    if not config.budget.feature_screening or r is None:
-        return summary
-    kept = features.propose(r)
-    record = {"relevance": r, "separation": features.SEPARATION,
-              "proposed": None if kept is None else [int(j) for j in kept], "kept": "all"}
-    if kept is None:
-        summary["features"] = {**record, "reason": "no clearly separated group of columns"}
-        return summary
     start = time.perf_counter()
     sub = features.take_columns(problem.data, kept)  # its parameter count, its labels
     task, b = problem.task, config.budget
     subset = functools.partial(evaluator, columns=kept, size=evaluator.size)
     keys = jax.random.split(key, b.retrain_seeds)  # the candidates' retraining keys
     joint = cv is not None and "selected" in cv  # cross-validated: every candidate
-    candidates = (cv["candidates"].choices if joint else
-                  np.asarray(summary["choice"], np.int32)[None])
+    if candidates is None:
+        candidates = (cv["candidates"].choices if joint else
+                      np.asarray(summary["choice"], np.int32)[None])
     chosen = sel.select(subset, problem.space, candidates, keys=keys,
                         x_train=np.asarray(sub.x_train),
                         higher_is_better=task.higher_is_better,
                         ensemble=(task, sub) if b.ensemble else None)
     j = chosen.best  # the split's pick (the only candidate without folds)
     sign = 1.0 if task.higher_is_better else -1.0
+    record = {"source": source, "proposed": [int(c) for c in kept]}
+    prefix = "" if source == "relevance" else f"{source}_"
     if joint:
         oof, fold_test = _fold_outputs(evaluator, problem, cv["plan"], chosen.choices, keys,
                                        fold0_val=chosen.ensemble_val_out,
-                                       fold0_path=chosen.val_path, columns=kept)
+                                       fold0_path=chosen.val_path,
+                                       columns=kept if fold_filter is None else fold_filter)
         j, metric, loss, rows = _out_of_fold_choice(task, oof, cv["y"], chosen)
         cv_metric, cv_loss = float(metric[j]), float(loss[j])
         cv_gain = sign * (cv_metric - cv["selected_metric"])
         better = cv_gain > 0 or (cv_gain == 0 and cv_loss < cv["selected_loss"])
         record["cross_validation"] = {"subset_val_metric": cv_metric,
                                       "subset_val_loss": cv_loss,
-                                      "all_val_metric": cv["selected_metric"],
-                                      "all_val_loss": cv["selected_loss"],
+                                      "compared_val_metric": cv["selected_metric"],
+                                      "compared_val_loss": cv["selected_loss"],
+                                      "folds_filtered": fold_filter is not None,
                                       "subset_candidates": rows}
         if predictions is not None:
-            predictions.update(cv_subset=oof[j], cv_subset_test=fold_test[j],
-                               cv_subset_candidates=oof)
+            predictions.update({f"cv_{prefix}subset": oof[j],
+                                f"cv_{prefix}subset_test": fold_test[j],
+                                f"cv_{prefix}subset_candidates": oof})
         if better:
             cv.update(selected=oof[j], selected_metric=cv_metric, selected_loss=cv_loss)
     scores = {"val_metric": float(chosen.val[j].mean()),
@@ -1169,47 +1325,35 @@ def _screen_features(problem, outcome, run, config, key, summary, *, evaluator,
     if not joint:
         gain = sign * (scores["val_metric"] - summary["val_metric"])
         loss_sub = scores.get("ensemble", {}).get("val_loss")
-        loss_all = summary.get("ensemble", {}).get("val_loss")
-        better = gain > 0 or (gain == 0 and loss_sub is not None and loss_all is not None
-                              and loss_sub < loss_all)
+        loss_held = summary.get("ensemble", {}).get("val_loss")
+        better = gain > 0 or (gain == 0 and loss_sub is not None and loss_held is not None
+                              and loss_sub < loss_held)
     subset_choice = [int(c) for c in chosen.choices[j]]
     record["subset"] = {"choice": subset_choice,
                         **{k: scores[k] for k in ("val_metric", "test_metric", "params")}}
     if "ensemble" in scores:
         record["subset"]["val_loss"] = scores["ensemble"]["val_loss"]
-    record["all"] = {"choice": summary["choice"], "val_metric": summary["val_metric"],
-                     "test_metric": summary["test_metric"], "params": summary["params"],
-                     "val_loss": summary.get("ensemble", {}).get("val_loss")}
+    record["better"] = bool(better)
     record["time_s"] = time.perf_counter() - start  # the subset's retraining
     if predictions is not None and chosen.ensemble_val_out is not None:
-        predictions.update(subset_columns=np.asarray(kept),
-                           subset_val=chosen.ensemble_val_out[j],
-                           subset_test=chosen.ensemble_test_out[j])
+        predictions.update({f"{prefix}subset_columns": np.asarray(kept),
+                            f"{prefix}subset_val": chosen.ensemble_val_out[j],
+                            f"{prefix}subset_test": chosen.ensemble_test_out[j]})
         if joint:  # every candidate on the columns (rows of `candidates`)
-            predictions.update(subset_candidates_val=chosen.ensemble_val_out,
-                               subset_candidates_test=chosen.ensemble_test_out)
-        if "selected_val" in predictions:
-            predictions.update(all_columns_val=predictions["selected_val"],
-                               all_columns_test=predictions["selected_test"])
+            predictions.update({f"{prefix}subset_candidates_val": chosen.ensemble_val_out,
+                                f"{prefix}subset_candidates_test": chosen.ensemble_test_out})
         if better:
             predictions.update(selected_val=chosen.ensemble_val_out[j],
                                selected_test=chosen.ensemble_test_out[j])
-    basis = "cross-validation" if "cross_validation" in record else "validation"
-    if not better:
-        summary["features"] = {**record, "reason": f"the proposed columns were not better on "
-                                                   f"{basis}"}
-        return summary
-    changed = subset_choice != summary["choice"]
-    record.update(kept=record["proposed"], candidate_changed=changed,
-                  reason=f"{len(kept)} of {len(r)} columns: better on {basis}"
-                         + (" (another candidate than on all columns)" if changed else ""))
-    if changed:  # the joint choice: the summary, structure.json, figures of that candidate
-        summary = cv["summary_for"](j)
-    summary = {**summary, **scores, "features": record}
-    structure = json.loads(run.path("structure.json").read_text())
-    run.write_json("structure.json", {**structure, "features": record["kept"],
-                                      "num_features": len(r)})
-    return summary
+    held = summary
+    if better:
+        if summarise is not None:
+            held = summarise(chosen, j)
+        elif subset_choice != summary["choice"]:  # the summary, structure.json, figures
+            held = cv["summary_for"](j)
+        held = {**held, **scores}
+    return {"better": bool(better), "record": record, "summary": held,
+            "time_s": record["time_s"]}
 
 
 def _out_of_fold_choice(task, oof, y, chosen) -> tuple:
@@ -1261,7 +1405,9 @@ def _fold_outputs(evaluator, problem: Problem, plan: crossval.Plan, choices, key
     With `fold0_path` (fold 0's checkpoint outputs, `Selection.val_path`) and an evaluator
     that returns them (`Evaluator(val_path=)`), every fold's models are scored at the stop
     the other folds choose (`crossval.held_out_stopping`), not at their own stop, chosen
-    on the rows scored; the returned models keep their own stop."""
+    on the rows scored; the returned models keep their own stop. `columns`: the columns
+    every fold trains on, or a function of the fold's splits that picks them (a column
+    filter repeated on each fold's training rows)."""
     from structsel.search import selection as sel
 
     vals, tests = [np.asarray(fold0_val)], []
@@ -1270,7 +1416,8 @@ def _fold_outputs(evaluator, problem: Problem, plan: crossval.Plan, choices, key
         fold = crossval.fold_splits(problem.data, plan, k)
         ev = Evaluator(problem._replace(data=fold), progress=evaluator.progress,
                        val_path=evaluator.val_path)
-        out = ev(choices, keys, outputs=True, columns=columns, size=evaluator.size)
+        cols = columns(fold) if callable(columns) else columns
+        out = ev(choices, keys, outputs=True, columns=cols, size=evaluator.size)
         *_, val_out, test_out = sel._ensemble_scorer(problem.task)(
             out["val_out"], fold.y_val, out["test_out"], fold.y_test)
         vals.append(np.asarray(val_out))
