@@ -150,6 +150,21 @@ def test_the_univariate_proposal_finds_a_wide_tables_columns_and_declines_otherw
     assert not {0, 1} & set(features.fdr_columns(p))
 
 
+def test_a_trial_replaces_the_held_model_by_metric_then_loss_and_strictly_by_both():
+    better = runner._is_better
+    # the relevance trial (not strict): a better metric wins whatever the loss; a tie
+    # goes to the lower loss; an unknown loss decides nothing
+    assert better(0.01, 0.9, 0.5) and not better(-0.01, 0.1, 0.5)
+    assert better(0.0, 0.4, 0.5) and not better(0.0, 0.5, 0.5) and not better(0.0, None, 0.5)
+    # the univariate trial (strict): a metric at least as good and a lower loss; the
+    # adult-like split 0 of session 32 (accuracy +0.014, loss 0.4828 against 0.4809) stays
+    assert not better(0.014, 0.4828, 0.4809, strict=True)
+    assert better(0.014, 0.4800, 0.4809, strict=True) and better(0.0, 0.4, 0.5, strict=True)
+    assert not better(-0.01, 0.1, 0.5, strict=True)
+    assert better(0.01, None, 0.5, strict=True)  # no loss known: the metric alone
+    assert not better(0.0, None, None, strict=True)
+
+
 def _noisy_xor_csv(path, n=240, noise_columns=10, seed=0):
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(n, 2 + noise_columns))

@@ -1263,6 +1263,20 @@ def _search_kept_columns(problem, final, method, outcome, run, config, summary, 
     return {**held, "features": features_record}
 
 
+def _is_better(gain: float, loss, held_loss, *, strict: bool = False) -> bool:
+    """Whether a trial's model replaces the held one: `gain` its metric's improvement
+    (positive: better), `loss` / `held_loss` their validation losses (None: unknown).
+    Not strict: a better metric, or an equal one and a lower loss. Strict (the univariate
+    proposal, tried after the relevance one on the same validation rows): a metric at
+    least as good and a lower loss, when the losses are known. On adult-like split 0
+    (session 32) the univariate columns were 7 of 500 validation rows better in accuracy
+    with a higher loss, and 1.2 points worse on test; every kept univariate trial on the
+    wide tables had both a better accuracy and a lower loss (by 0.3-1.2 nats)."""
+    if gain > 0 and not (strict and loss is not None and held_loss is not None):
+        return True
+    return gain >= 0 and loss is not None and held_loss is not None and loss < held_loss
+
+
 def _fold_univariate(fold, *, classification: bool):
     """The univariate filter (`features.univariate_columns`) on a fold's training rows."""
     return features.univariate_columns(fold.x_train, fold.y_train, classification)
@@ -1295,6 +1309,7 @@ def _try_columns(problem, run, config, key, summary, kept, source: str, fold_fil
                         ensemble=(task, sub) if b.ensemble else None)
     j = chosen.best  # the split's pick (the only candidate without folds)
     sign = 1.0 if task.higher_is_better else -1.0
+    strict = source == "univariate"  # a second look at the validation rows: see _is_better
     record = {"source": source, "proposed": [int(c) for c in kept]}
     prefix = "" if source == "relevance" else f"{source}_"
     if joint:
@@ -1305,7 +1320,7 @@ def _try_columns(problem, run, config, key, summary, kept, source: str, fold_fil
         j, metric, loss, rows = _out_of_fold_choice(task, oof, cv["y"], chosen)
         cv_metric, cv_loss = float(metric[j]), float(loss[j])
         cv_gain = sign * (cv_metric - cv["selected_metric"])
-        better = cv_gain > 0 or (cv_gain == 0 and cv_loss < cv["selected_loss"])
+        better = _is_better(cv_gain, cv_loss, cv["selected_loss"], strict=strict)
         record["cross_validation"] = {"subset_val_metric": cv_metric,
                                       "subset_val_loss": cv_loss,
                                       "compared_val_metric": cv["selected_metric"],
@@ -1326,8 +1341,7 @@ def _try_columns(problem, run, config, key, summary, kept, source: str, fold_fil
         gain = sign * (scores["val_metric"] - summary["val_metric"])
         loss_sub = scores.get("ensemble", {}).get("val_loss")
         loss_held = summary.get("ensemble", {}).get("val_loss")
-        better = gain > 0 or (gain == 0 and loss_sub is not None and loss_held is not None
-                              and loss_sub < loss_held)
+        better = _is_better(gain, loss_sub, loss_held, strict=strict)
     subset_choice = [int(c) for c in chosen.choices[j]]
     record["subset"] = {"choice": subset_choice,
                         **{k: scores[k] for k in ("val_metric", "test_metric", "params")}}
