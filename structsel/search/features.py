@@ -25,6 +25,13 @@ never tried groups that validation accepts once tried (a 40-column make_classifi
 with 12 informative columns, moons + 10 noise columns, friedman1 + 15 noise columns, the
 mnist1d steps: separations 1.04-1.42), and validation rejects the wrong ones
 (docs/tables.md, session 22).
+
+A second proposal (`propose_univariate`, session 32) does not come from the supernet: the
+columns whose F test against the target passes Benjamini-Hochberg at `FDR`. On a wide
+table (300 columns, 360 training rows) the input kernels interpolate and the relevances
+do not single out the informative columns, while the marginal tests do; columns that act
+only jointly (an XOR) pass no marginal test and remain the relevance proposal's. The
+driver tries it after the relevance proposal (`runner._screen_features`).
 """
 from __future__ import annotations
 

@@ -1118,7 +1118,7 @@ def _screen_features(problem, outcome, run, config, key, summary, *, evaluator,
     - "relevance": the search's input relevances (`features.propose`: Otsu's upper group);
     - "univariate": the columns whose F test against the target passes the
       Benjamini-Hochberg procedure (`features.propose_univariate`), tried when it keeps at
-      most half of them: on a wide table the supernet's input kernels interpolate and
+      most half of them and kept only with a lower validation loss too (`_is_better`): on a wide table the supernet's input kernels interpolate and
       their relevances do not single out the informative columns (session 32). With
       cross-validation the filter is repeated on every fold's training rows
       (`features.univariate_columns`), so the out-of-fold score is the whole procedure's.
