@@ -106,8 +106,9 @@ def univariate_pvalues(x, y, classification: bool) -> np.ndarray:
         c = len(classes)
         if c < 2 or n <= c:
             return np.ones(x.shape[1])
-        counts = np.bincount(index, minlength=c).astype(np.float64)
-        means = np.stack([np.bincount(index, col, c) for col in x.T], 1) / counts[:, None]
+        onehot = np.eye(c)[index]  # (n, C)
+        counts = onehot.sum(0)
+        means = (onehot.T @ x) / counts[:, None]  # (C, d) class means
         between = (counts[:, None] * (means - x.mean(0)) ** 2).sum(0) / (c - 1)
         within = ((x - means[index]) ** 2).sum(0) / (n - c)
         dfn, dfd = c - 1, n - c

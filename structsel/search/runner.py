@@ -1177,12 +1177,11 @@ def _screen_features(problem, outcome, run, config, key, summary, *, evaluator,
         if trial["better"]:
             summary, held, kept_trial = trial["summary"], [int(j) for j in cols], trial
     records = list(tried.values())
+    uni = next((c for s, c, _ in trials if s == "univariate"), None)
     record = {"num_features": d, "relevance": r, "separation": features.SEPARATION,
               "univariate": {"fdr": features.FDR,
                              "max_fraction": features.UNIVARIATE_FRACTION,
-                             "proposed": next(([int(j) for j in c] for s, c, _ in trials
-                                               if s == "univariate" and c is not None),
-                                              None)},
+                             "proposed": None if uni is None else [int(j) for j in uni]},
               "proposals": records, "all": all_record}
     if not records:
         summary["features"] = {**record, "proposed": None, "kept": "all", "source": None,
@@ -1202,10 +1201,21 @@ def _screen_features(problem, outcome, run, config, key, summary, *, evaluator,
                   reason=f"{len(held)} of {d} columns ({decisive['source']}): better on "
                          f"{basis}" + (" (another candidate than on all columns)"
                                        if changed else ""))
-    summary = {**summary, "features": record}
+    _write_columns(run, held, d)
+    return {**summary, "features": record}
+
+
+def _write_columns(run, kept, num_features: int) -> None:
+    """Adds the kept columns to structure.json (`retrain` reads them)."""
     structure = json.loads(run.path("structure.json").read_text())
-    run.write_json("structure.json", {**structure, "features": held, "num_features": d})
-    return summary
+    run.write_json("structure.json", {**structure, "features": [int(j) for j in kept],
+                                      "num_features": num_features})
+
+
+def _is_linear(space, choice) -> bool:
+    """Whether `choice` puts the identity op on every edge (the tabular space's linear
+    model)."""
+    return all(space.op_names[c] == "identity" for c in choice)
 
 
 def _search_kept_columns(problem, final, method, outcome, run, config, summary, base, *,
@@ -1221,9 +1231,8 @@ def _search_kept_columns(problem, final, method, outcome, run, config, summary, 
     fold when cross-validated) and the best is held when it beats the screening's model
     (`_try_columns`). Records `features["second_search"]`."""
     fs = summary.get("features") or {}
-    ops = problem.space.op_names
     if (fs.get("kept", "all") == "all" or outcome.choices is None
-            or not all(ops[c] == "identity" for ch in np.asarray(outcome.choices) for c in ch)):
+            or not all(_is_linear(problem.space, ch) for ch in np.asarray(outcome.choices))):
         return summary
     start = time.perf_counter()
     kept, d = fs["kept"], int(problem.data.x_train.shape[-1])
@@ -1236,7 +1245,7 @@ def _search_kept_columns(problem, final, method, outcome, run, config, summary, 
     search_time = time.perf_counter() - start
     choices = np.unique(np.asarray(second.choices, np.int32), axis=0)
     record = {"proposed": choices.tolist(), "search_time_s": search_time}
-    networks = np.array([not all(ops[c] == "identity" for c in ch) for ch in choices])
+    networks = np.array([not _is_linear(problem.space, ch) for ch in choices])
     if not networks.any():
         summary["features"] = {**fs, "second_search": {
             **record, "better": False, "reason": "it proposed the linear model again"}}
@@ -1258,8 +1267,7 @@ def _search_kept_columns(problem, final, method, outcome, run, config, summary, 
         basis = "cross-validation" if "cross_validation" in record else "validation"
         features_record["reason"] = (fs["reason"] + f"; a network of a second search on "
                                      f"them better on {basis}")
-        structure = json.loads(run.path("structure.json").read_text())
-        run.write_json("structure.json", {**structure, "features": kept, "num_features": d})
+        _write_columns(run, kept, d)
     return {**held, "features": features_record}
 
 
