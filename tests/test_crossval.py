@@ -217,11 +217,12 @@ def test_decide_names_the_cross_validation_in_its_reason():
 def test_the_screening_chooses_candidate_and_columns_jointly_on_the_folds(tmp_path,
                                                                           monkeypatch):
     # y = [x0 + x1 + x0 x1 > 0] + 10 noise columns, 200 rows, cv_rows: every candidate of
-    # mlp1 is proposed and the relevances single out columns 0 and 1. Every candidate is
-    # retrained on them, split and folds (predictions.npz: cv_subset_candidates); the
-    # returned (candidate, columns) is the best out of fold, checked by hand from the
-    # outputs, and it is another candidate than the all-column one here (the session-26
-    # case: the best candidate on all columns is not the best on the informative ones).
+    # mlp1 is proposed and the relevances single out columns 0 and 1. The two best
+    # candidates out of fold on all columns (runner.SCREENING_CANDIDATES) are retrained on
+    # them, split and folds (predictions.npz: cv_subset_candidates); the returned
+    # (candidate, columns) is the best out of fold, checked by hand from the outputs, and
+    # it is another candidate than the all-column one here (the session-26 case: the best
+    # candidate on all columns is not the best on the informative ones).
     from structsel.search import methods
 
     class Every(methods.RandomSearch):
@@ -249,23 +250,33 @@ def test_the_screening_chooses_candidate_and_columns_jointly_on_the_folds(tmp_pa
     fs, y = summary["features"], pred["cv_y"]
     cands = [list(c) for c in pred["candidates"]]
     assert len(cands) == 5 and fs["proposed"] == [0, 1]
-    sub = pred["cv_subset_candidates"]
-    assert sub.shape == pred["cv_candidates"].shape
-    acc = (sub.argmax(-1) == y).mean(-1)
-    loss = -np.take_along_axis(sub, y[None, :, None], -1)[..., 0].mean(-1)
+
+    def scores(out):  # out-of-fold accuracy and loss of each row of `out`
+        acc = (out.argmax(-1) == y).mean(-1)
+        return acc, -np.take_along_axis(out, y[None, :, None], -1)[..., 0].mean(-1)
+
+    all_acc, all_loss = scores(pred["cv_candidates"])
+    ranked = sorted(range(5), key=lambda i: (-all_acc[i], all_loss[i]))
+    assert len({(all_acc[i], all_loss[i]) for i in range(5)}) == 5  # no tie: params unused
     rows = fs["cross_validation"]["subset_candidates"]
+    tried = [r["choice"] for r in rows]  # the two best on all columns, in the trial's order
+    assert sorted(tried) == sorted(cands[i] for i in ranked[:2])
+    assert fs["cross_validation"]["candidates_tried"]["tried"] == 2
+    assert fs["cross_validation"]["candidates_tried"]["of"] == 5
+    sub = pred["cv_subset_candidates"]
+    assert sub.shape == (2,) + pred["cv_candidates"].shape[1:]
+    acc, loss = scores(sub)
     np.testing.assert_allclose([r["val_metric"] for r in rows], acc, rtol=1e-6)
     np.testing.assert_allclose([r["val_loss"] for r in rows], loss, rtol=1e-4)
     j = min(np.flatnonzero(acc == acc.max()), key=lambda i: loss[i])
-    assert fs["subset"]["choice"] == cands[j]
+    assert fs["subset"]["choice"] == tried[j]
     np.testing.assert_array_equal(pred["cv_subset"], sub[j])
-    all_acc = (pred["cv_candidates"].argmax(-1) == y).mean(-1)
     i = cands.index(fs["all"]["choice"])
-    assert all_acc[i] == all_acc.max()
+    assert i == ranked[0]
     assert acc[j] > all_acc[i] and fs["kept"] == [0, 1]  # the moon-like case: kept
-    assert fs["candidate_changed"] and summary["choice"] == cands[j] != cands[i]
+    assert fs["candidate_changed"] and summary["choice"] == tried[j] != cands[i]
     structure = json.loads((tmp_path / "run" / "structure.json").read_text())
-    assert structure["features"] == [0, 1] and structure["choice"] == cands[j]
+    assert structure["features"] == [0, 1] and structure["choice"] == tried[j]
     np.testing.assert_array_equal(pred["selected_val"], pred["subset_val"])
     np.testing.assert_array_equal(pred["subset_candidates_test"][j], pred["subset_test"])
     np.testing.assert_allclose(sub[:, :len(pred["y_val"])], pred["subset_candidates_val"],

@@ -68,3 +68,27 @@ def test_the_evaluator_split_over_devices_gives_the_numbers_of_one_device(monkey
         valid=np.arange(8) < 5))(space.vertex(padded), keys, problem.data)
     for k in ("val_metric", "test_metric", "train_loss", "val_out"):
         np.testing.assert_allclose(got[k], np.asarray(want[k])[:5], rtol=1e-6, atol=1e-7)
+
+
+def test_a_structure_trains_the_same_in_a_call_with_fewer_structures():
+    # The screening's trials on cross-validated tables retrain 2 of the candidates
+    # (runner.SCREENING_CANDIDATES) with the candidates' keys and padded batch size: each
+    # structure's outputs must not depend on which others share its call, so the trial's
+    # decision is the one the call with every candidate made (session 33). Oracle: the
+    # call with all five (rtol 1e-6: float32 reassociation across device splits).
+    from structsel.data import make_dataset
+
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(90, 4))
+    y = (x[:, 0] * x[:, 1] > 0).astype(np.int64)
+    budget = runner.parse_budget("tabular,train_steps=20,warmup_steps=2,eval_every=5,width=4,"
+                                 "retrain_width=0,dropout=0.1")
+    problem = runner.make_problem(make_dataset(x, y, name="t"), "tabular", budget)
+    keys = jax.random.split(jax.random.key(4), 2)
+    choices = np.array([[0, 0, 0], [3, 3, 3], [1, 0, 2], [4, 2, 0], [2, 2, 2]], np.int32)
+    evaluator = runner.Evaluator(problem)
+    every = evaluator(choices, keys, outputs=True)
+    two = evaluator(choices[[3, 1]], keys, outputs=True, size=evaluator.batch_size(5))
+    for k in ("val_metric", "test_metric", "val_out", "test_out"):
+        np.testing.assert_allclose(two[k], np.asarray(every[k])[[3, 1]], rtol=1e-6,
+                                   atol=1e-7)

@@ -43,6 +43,16 @@ def prng_key(seed: int) -> jax.Array:
 
 BATCHINGS = ("auto", "vmap", "map")
 
+# Cross-validated tables: a screening trial retrains this many of the candidates, the best
+# out of fold on all columns (`_out_of_fold_ranking`), on the proposed columns, split and
+# folds, instead of all of them. Measured on the 57 trials recorded in sessions 30-32
+# (39 of the two proposals, 18 of the relevance one alone; tables of 400-1000 rows with
+# 1-6 candidates): the best candidate on the proposed columns was the first or second on
+# all columns in 52, the 3rd or 4th in 5 trials, all 5 rejected, so the 2 best make
+# every one of the 57 decisions (keep or not, and which candidate) as all candidates did;
+# the best alone would have changed 16 of them (session 33).
+SCREENING_CANDIDATES = 2
+
 
 @dataclasses.dataclass(frozen=True)
 class Budget:
@@ -900,8 +910,8 @@ def _write_predictions(run, ds, baselines: dict, predictions: dict, decision) ->
     standardised units) on the validation and test rows of the returned model
     (`returned_*`), of the selection (`selected_*`: the deep ensemble, on the kept
     columns), of every retrained candidate (`candidates_*`, rows of `candidates`), of the
-    all-column and subset models of the screening (with cross-validation every candidate
-    on the subset, `subset_candidates_*`), of the references and the folds' out-of-fold
+    all-column and subset models of the screening (with cross-validation the best
+    candidates on the subset, `subset_candidates_*`), of the references and the folds' out-of-fold
     outputs (`cv_*`), with `y_val` / `y_test`: every decision of the run can be recomputed
     from it."""
     arrays = {"y_val": np.asarray(ds.y_val), "y_test": np.asarray(ds.y_test), **predictions}
@@ -1020,7 +1030,8 @@ def _retrain_selected(problem, evaluator, outcome, run, config, key, base, *,
                      "split_choice": [int(c) for c in chosen.choices[chosen.best]],
                      "changed": bool(best != chosen.best)}
         cv.update(selected=oof[best], selected_metric=float(metric[best]),
-                  selected_loss=float(loss[best]))
+                  selected_loss=float(loss[best]),
+                  ranking=_out_of_fold_ranking(problem.task, metric, loss, chosen.params))
         chosen = chosen._replace(best=best)
         if predictions is not None:
             predictions.update(cv_candidates=oof, cv_candidates_test=fold_test)
@@ -1137,8 +1148,9 @@ def _screen_features(problem, outcome, run, config, key, summary, *, evaluator,
     makes its outputs the selection's (selected_*).
 
     `cv` (`_cv_state`, holding the selection's out-of-fold outputs and the retrained
-    candidates): the choice of candidate and columns is joint. Every candidate is trained
-    on the proposed columns too, on the split and on every fold; the best of them by
+    candidates): the choice of candidate and columns is joint. The `SCREENING_CANDIDATES`
+    best candidates out of fold on all columns are trained on the proposed columns too, on
+    the split and on every fold (all of them until session 33); the best of them by
     out-of-fold metric (ties: lower out-of-fold loss, then fewer parameters) is kept when
     it beats the best so far out of fold (ties: lower loss), and is returned even
     when it is another candidate than the all-column one (session 26: on a moons table the
@@ -1292,8 +1304,8 @@ def _fold_univariate(fold, *, classification: bool):
 
 def _try_columns(problem, run, config, key, summary, kept, source: str, fold_filter, *,
                  evaluator, predictions, cv, candidates=None, summarise=None) -> dict:
-    """One trial of `_screen_features`: the selection (with cross-validation every
-    candidate) retrained on the columns `kept` and compared with `summary`'s model (or,
+    """One trial of `_screen_features`: the selection (with cross-validation the
+    `SCREENING_CANDIDATES` best candidates out of fold) retrained on the columns `kept` and compared with `summary`'s model (or,
     cross-validated, with cv's selected out-of-fold outputs). Returns {"better", "record",
     "summary" (the summary to hold when better), "time_s"}; updates `cv` and
     `predictions` when better. `fold_filter` (fold splits -> columns): the folds train on
@@ -1307,10 +1319,14 @@ def _try_columns(problem, run, config, key, summary, kept, source: str, fold_fil
     task, b = problem.task, config.budget
     subset = functools.partial(evaluator, columns=kept, size=evaluator.size)
     keys = jax.random.split(key, b.retrain_seeds)  # the candidates' retraining keys
-    joint = cv is not None and "selected" in cv  # cross-validated: every candidate
-    if candidates is None:
-        candidates = (cv["candidates"].choices if joint else
-                      np.asarray(summary["choice"], np.int32)[None])
+    joint = cv is not None and "selected" in cv  # cross-validated: the best candidates
+    tried = None  # cross-validated: (candidates tried, of how many)
+    if candidates is None and joint:
+        ranked = cv["candidates"].choices[cv["ranking"]]
+        candidates = ranked[:SCREENING_CANDIDATES]
+        tried = (len(candidates), len(ranked))
+    elif candidates is None:
+        candidates = np.asarray(summary["choice"], np.int32)[None]
     chosen = sel.select(subset, problem.space, candidates, keys=keys,
                         x_train=np.asarray(sub.x_train),
                         higher_is_better=task.higher_is_better,
@@ -1335,6 +1351,10 @@ def _try_columns(problem, run, config, key, summary, kept, source: str, fold_fil
                                       "compared_val_loss": cv["selected_loss"],
                                       "folds_filtered": fold_filter is not None,
                                       "subset_candidates": rows}
+        if tried is not None:
+            record["cross_validation"]["candidates_tried"] = {
+                "tried": tried[0], "of": tried[1],
+                "rule": "the best out of fold on all columns"}
         if predictions is not None:
             predictions.update({f"cv_{prefix}subset": oof[j],
                                 f"cv_{prefix}subset_test": fold_test[j],
@@ -1361,7 +1381,7 @@ def _try_columns(problem, run, config, key, summary, kept, source: str, fold_fil
         predictions.update({f"{prefix}subset_columns": np.asarray(kept),
                             f"{prefix}subset_val": chosen.ensemble_val_out[j],
                             f"{prefix}subset_test": chosen.ensemble_test_out[j]})
-        if joint:  # every candidate on the columns (rows of `candidates`)
+        if joint:  # the candidates tried on the columns (rows of the trial's `candidates`)
             predictions.update({f"{prefix}subset_candidates_val": chosen.ensemble_val_out,
                                 f"{prefix}subset_candidates_test": chosen.ensemble_test_out})
         if better:
@@ -1372,7 +1392,8 @@ def _try_columns(problem, run, config, key, summary, kept, source: str, fold_fil
         if summarise is not None:
             held = summarise(chosen, j)
         elif subset_choice != summary["choice"]:  # the summary, structure.json, figures
-            held = cv["summary_for"](j)
+            all_choices = cv["candidates"].choices.tolist()
+            held = cv["summary_for"](all_choices.index(subset_choice))
         held = {**held, **scores}
     return {"better": bool(better), "record": record, "summary": held,
             "time_s": record["time_s"]}
@@ -1391,6 +1412,14 @@ def _out_of_fold_choice(task, oof, y, chosen) -> tuple:
     rows = [{"choice": [int(c) for c in ch], "val_metric": float(m), "val_loss": float(lo)}
             for ch, m, lo in zip(chosen.choices, metric, loss)]
     return best, metric, loss, rows
+
+
+def _out_of_fold_ranking(task, metric, loss, params) -> list[int]:
+    """The candidates best first by out-of-fold metric, then lower loss, then fewer
+    parameters (the order of `_out_of_fold_choice`, whose pick is the first)."""
+    sign = 1.0 if task.higher_is_better else -1.0
+    return sorted(range(len(metric)), key=lambda i: (-sign * float(metric[i]),
+                                                     float(loss[i]), int(params[i])))
 
 
 def _ensemble_record(chosen, best: int) -> dict:
