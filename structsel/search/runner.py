@@ -912,8 +912,8 @@ def _write_predictions(run, ds, baselines: dict, predictions: dict, decision) ->
     (`returned_*`), of the selection (`selected_*`: the deep ensemble, on the kept
     columns), of every retrained candidate (`candidates_*`, rows of `candidates`), of the
     all-column and subset models of the screening (with cross-validation the best
-    candidates on the subset, `subset_candidates_*`), of the references and the folds' out-of-fold
-    outputs (`cv_*`), with `y_val` / `y_test`: every decision of the run can be recomputed
+    candidates on the subset, `subset_candidates_*`), of the references and the folds'
+    out-of-fold outputs (`cv_*`), with `y_val` / `y_test`: every decision of the run can be recomputed
     from it."""
     arrays = {"y_val": np.asarray(ds.y_val), "y_test": np.asarray(ds.y_test), **predictions}
     for name, ref in baselines.items():
@@ -1130,8 +1130,9 @@ def _screen_features(problem, outcome, run, config, key, summary, *, evaluator,
     - "relevance": the search's input relevances (`features.propose`: Otsu's upper group);
     - "univariate": the columns whose F test against the target passes the
       Benjamini-Hochberg procedure (`features.propose_univariate`), tried when it keeps at
-      most half of them and kept only with a lower validation loss too (`_is_better`): on a wide table the supernet's input kernels interpolate and
-      their relevances do not single out the informative columns (session 32). With
+      most half of them and kept only with a lower validation loss too (`_is_better`): on
+      a wide table the supernet's input kernels interpolate and their relevances do not
+      single out the informative columns (session 32). With
       cross-validation the filter is repeated on every fold's training rows
       (`features.univariate_columns`), so the out-of-fold score is the whole procedure's.
 
@@ -1306,8 +1307,9 @@ def _fold_univariate(fold, *, classification: bool):
 def _try_columns(problem, run, config, key, summary, kept, source: str, fold_filter, *,
                  evaluator, predictions, cv, candidates=None, summarise=None) -> dict:
     """One trial of `_screen_features`: the selection (with cross-validation the
-    `SCREENING_CANDIDATES` best candidates out of fold) retrained on the columns `kept` and compared with `summary`'s model (or,
-    cross-validated, with cv's selected out-of-fold outputs). Returns {"better", "record",
+    `SCREENING_CANDIDATES` best candidates out of fold) retrained on the columns `kept`
+    and compared with `summary`'s model (or, cross-validated, with cv's selected
+    out-of-fold outputs). Returns {"better", "record",
     "summary" (the summary to hold when better), "time_s"}; updates `cv` and
     `predictions` when better. `fold_filter` (fold splits -> columns): the folds train on
     the columns it picks on their own training rows (None: on `kept`). `candidates` (N, E)
