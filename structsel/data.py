@@ -369,7 +369,7 @@ def column_kinds(cells: np.ndarray, names, *, source) -> list[str]:
 
 
 def fit_encoding(x: np.ndarray, names, rows, *, source, kinds=None,
-                 bins: int = 0) -> dict | None:
+                 bins: int = 0, ple: int = 0) -> dict | None:
     """How each column becomes feature columns, decided on the training `rows`: None when
     every column is numeric without a missing value (the table is used as read). Else a
     JSON-able record {"columns": [...]}, one entry per column:
@@ -381,7 +381,11 @@ def fit_encoding(x: np.ndarray, names, rows, *, source, kinds=None,
       with more than `bins` distinct training values also gets "bins", the interior
       edges of `bins` quantile bins of its training values (`quantile_bins`): one 0/1
       column per bin besides the number (scikit-learn's KBinsDiscretizer, strategy
-      "quantile", one-hot);
+      "quantile", one-hot); with `ple` > 0, such a column (more than `ple` distinct
+      values) gets "ple", the `ple` + 1 edges of `ple` quantile bins (outer ones
+      included): one piecewise-linear column per bin besides the number
+      (`piecewise_linear`; Gorishniy et al. 2022, "On embeddings for numerical features
+      in tabular deep learning");
     - text: {"name", "kind": "categorical", "categories", "other"}: one 0/1 column per
       category (sorted; '' is the missing value), one column for the second when there
       are exactly two and no other; with "other" an extra column for the pooled rare and
@@ -435,6 +439,11 @@ def fit_encoding(x: np.ndarray, names, rows, *, source, kinds=None,
             if len(np.unique(train)) > bins:
                 plain = False
                 entry["bins"] = quantile_bins(train, bins)
+        if ple:
+            train = np.where(np.isnan(values), entry.get("fill", 0.0), values)[rows]
+            if len(np.unique(train)) > ple:
+                plain = False
+                entry["ple"] = [float(e) for e in quantile_edges(train, ple)]
         columns.append(entry)
     return None if plain else {"columns": columns}
 
@@ -444,9 +453,28 @@ def quantile_bins(train: np.ndarray, bins: int) -> list[float]:
     ..., 1 quantiles (linear interpolation), an edge closer than 1e-8 to the previous one
     dropped, the outer two left out (values beyond them fall in the end bins): scikit-
     learn's KBinsDiscretizer(strategy="quantile", quantile_method="linear")."""
+    return [float(e) for e in quantile_edges(train, bins)[1:-1]]
+
+
+def quantile_edges(train: np.ndarray, bins: int) -> np.ndarray:
+    """All edges of `bins` quantile bins of the training values (see `quantile_bins`)."""
     edges = np.quantile(np.asarray(train, np.float64), np.linspace(0, 1, bins + 1))
-    edges = edges[np.ediff1d(edges, to_begin=np.inf) > 1e-8]
-    return [float(e) for e in edges[1:-1]]
+    return edges[np.ediff1d(edges, to_begin=np.inf) > 1e-8]
+
+
+def piecewise_linear(values: np.ndarray, edges) -> np.ndarray:
+    """The piecewise-linear encoding (n, T) of `values` by T = len(edges) - 1 bins:
+    column t is (v - e_t) / (e_{t+1} - e_t) clipped to [0, 1], the first column not
+    clipped below and the last not clipped above (values beyond the training range go on
+    linearly). A linear function of the columns is a continuous piecewise-linear function
+    of v with knots at the edges: a linear model on them is an additive spline model."""
+    e = np.asarray(edges, np.float64)
+    t = (np.asarray(values, np.float64)[:, None] - e[:-1]) / np.diff(e)
+    lower = np.full(len(e) - 1, 0.0)
+    lower[0] = -np.inf
+    upper = np.full(len(e) - 1, 1.0)
+    upper[-1] = np.inf
+    return np.clip(t, lower, upper)
 
 
 TEXT_SUFFIXES = (".csv", ".tsv", ".txt")
@@ -540,6 +568,13 @@ def apply_encoding(x: np.ndarray, names, encoding: dict, *, source
                 for k in range(len(edges) + 1):
                     out.append((which == k).astype(np.float64))
                     out_names.append(f"{name} in [{bounds[k]:.4g}, {bounds[k + 1]:.4g})")
+            if c.get("ple"):
+                number = out[-1 - bool(c.get("indicator")) - (len(c["bins"]) + 1
+                                                            if c.get("bins") else 0)]
+                pieces = piecewise_linear(number, c["ple"])
+                out += list(pieces.T)
+                out_names += [f"{name} (piece {k + 1} of {pieces.shape[1]})"
+                              for k in range(pieces.shape[1])]
         elif c["kind"] == "categorical":
             values = np.array([category(v) for v in x[:, j]], dtype=object)
             cats = list(c["categories"])
@@ -567,6 +602,10 @@ def indicator_columns(encoding: dict | None) -> list[int]:
                 j += 1
             if c.get("bins"):
                 k = len(c["bins"]) + 1
+                out += list(range(j, j + k))
+                j += k
+            if c.get("ple"):
+                k = len(c["ple"]) - 1
                 out += list(range(j, j + k))
                 j += k
         elif c["kind"] == "categorical":
@@ -600,6 +639,10 @@ def describe_encoding(encoding: dict | None) -> list[tuple[str, str]]:
     if binned:
         rows.append(("number bins", "0/1 columns of training-quantile bins: " + ", ".join(
             f"{c['name']} ({len(c['bins']) + 1})" for c in binned)))
+    pieces = [c for c in cols if c["kind"] == "numeric" and c.get("ple")]
+    if pieces:
+        rows.append(("number pieces", "piecewise-linear columns of training-quantile bins: "
+                     + ", ".join(f"{c['name']} ({len(c['ple']) - 1})" for c in pieces)))
     dropped = [c for c in cols if c["kind"] == "dropped"]
     if dropped:
         rows.append(("dropped columns", ", ".join(f"{c['name'] or '(unnamed)'} ({c['reason']})"
@@ -608,7 +651,7 @@ def describe_encoding(encoding: dict | None) -> list[tuple[str, str]]:
 
 
 def load_table(path: str | pathlib.Path, *, target: str | None = None, task: str | None = None,
-               seed: int = 0, encoding: dict | None = None, bins: int = 0,
+               seed: int = 0, encoding: dict | None = None, bins: int = 0, ple: int = 0,
                **kwargs) -> Dataset:
     """A CSV/.npz file as a split, standardised Dataset (see `read_table`; `kwargs` go to
     `make_dataset`, e.g. `classes`). Text categories and missing values are encoded
@@ -625,7 +668,8 @@ def load_table(path: str | pathlib.Path, *, target: str | None = None, task: str
             kinds = column_kinds(x, names, source=path)  # its errors before the split's
             split = {k: kwargs[k] for k in ("val_fraction", "test_fraction") if k in kwargs}
             train, _, _ = split_indices(len(y), seed=seed, **split)
-            encoding = fit_encoding(x, names, train, source=path, kinds=kinds, bins=bins)
+            encoding = fit_encoding(x, names, train, source=path, kinds=kinds, bins=bins,
+                                    ple=ple)
         if encoding is None:
             features = np.asarray(x, dtype=np.float64)  # numbers without gaps
         else:

@@ -357,31 +357,50 @@ def test_index_columns_are_dropped(tmp_path):
         data.load_table(bad, target="y")
 
 
+def _three_numbers(rng, n: int, gaps: int, decimals: int):
+    """Columns of n cells: exponential (ties at `decimals`), normal with `gaps` empty
+    cells, and four integer values (too few to be binned)."""
+    a = rng.exponential(size=n).round(decimals)
+    b = rng.normal(size=n).round(3).astype(object)
+    b[rng.choice(n, gaps, replace=False)] = ""
+    return a, b, rng.integers(0, 4, n)
+
+
+def _encoded(tmp_path, columns: dict, **encoding):
+    """Writes `columns` (the last one the target 'y') as a CSV, loads it with `encoding`
+    (bins / ple) and applies the fitted encoding to all its cells. Returns the path, the
+    Dataset, the column records by name, the encoded cells and their names, and the
+    numbers of 'a' and 'b' with their gaps filled as the encoding fills them."""
+    names, n = list(columns), len(columns["y"])
+    text = ",".join(names) + "\n" + "".join(
+        ",".join(str(columns[k][i]) for k in names) + "\n" for i in range(n))
+    path = _write(tmp_path / "t.csv", text)
+    ds = data.load_table(path, target="y", seed=0, **encoding)
+    cols = {col["name"]: col for col in ds.encoding["columns"]}
+    cells = np.array([r.split(",")[:-1] for r in text.splitlines()[1:]], dtype=object)
+    x, out_names = data.apply_encoding(cells, names[:-1], ds.encoding, source=path)
+    filled = {}
+    for name in ("a", "b"):
+        values = np.array([np.nan if v == "" else float(v) for v in columns[name]])
+        filled[name] = np.where(np.isnan(values), cols[name].get("fill", 0.0), values)
+    return path, ds, cols, x, out_names, filled
+
+
 def test_quantile_bins_match_scikit_learn(tmp_path):
     # oracle: KBinsDiscretizer(strategy="quantile", quantile_method="linear"), one-hot,
     # fitted on the training rows (after the median fill); a column with ties, one with a
     # gap, one with too few distinct values to be binned, one of text
     from sklearn.preprocessing import KBinsDiscretizer
 
-    rng = np.random.default_rng(3)
-    n = 300
-    a = rng.exponential(size=n).round(2)
-    b = rng.normal(size=n).round(3).astype(object)
-    b[rng.choice(n, 20, replace=False)] = ""
-    c = rng.integers(0, 4, n)
+    rng, n = np.random.default_rng(3), 300
+    a, b, c = _three_numbers(rng, n, 20, 2)
     t = rng.choice(["p", "q", "r"], n)
     y = rng.integers(0, 2, n)
-    text = "a,b,c,t,y\n" + "".join(f"{a[i]},{b[i]},{c[i]},{t[i]},{y[i]}\n" for i in range(n))
-    path = _write(tmp_path / "b.csv", text)
-    ds = data.load_table(path, target="y", seed=0, bins=6)
-    cols = {col["name"]: col for col in ds.encoding["columns"]}
+    path, ds, cols, x, names, filled = _encoded(tmp_path, dict(a=a, b=b, c=c, t=t, y=y),
+                                                bins=6)
     assert "bins" in cols["a"] and "bins" in cols["b"] and "bins" not in cols["c"]
     train = data.split_indices(n, seed=0)[0]
-    cells = np.array([r.split(",")[:4] for r in text.splitlines()[1:]], dtype=object)
-    x, names = data.apply_encoding(cells, ["a", "b", "c", "t"], ds.encoding, source=path)
-    for name, values in (("a", a.astype(float)),
-                         ("b", np.array([np.nan if v == "" else float(v) for v in b]))):
-        values = np.where(np.isnan(values), cols[name].get("fill", 0.0), values)
+    for name, values in filled.items():
         ref = KBinsDiscretizer(n_bins=6, encode="onehot-dense", strategy="quantile",
                                quantile_method="linear").fit(values[train, None])
         mine = [j for j, nm in enumerate(names) if nm.startswith(f"{name} in [")]
@@ -393,15 +412,84 @@ def test_quantile_bins_match_scikit_learn(tmp_path):
     assert data.load_table(path, target="y", seed=0).encoding["columns"][0].get("bins") is None
 
 
-def test_numeric_bins_budget():
+def test_piecewise_linear_columns_span_the_linear_splines_on_the_quantile_knots(tmp_path):
+    # budget numeric_ple: oracles are scikit-learn's quantile edges (KBinsDiscretizer),
+    # the identity sum_t (e_t+1 - e_t) c_t + e_0 = v (the encoding loses nothing, beyond
+    # the training range too), and SplineTransformer(degree=1) on the same knots, whose
+    # hat functions span the same continuous piecewise-linear functions: least squares on
+    # either basis (with a constant) gives the same fit. Tolerances: float64 round-off.
+    from sklearn.preprocessing import KBinsDiscretizer, SplineTransformer
+
+    rng, n = np.random.default_rng(5), 400
+    a, b, c = _three_numbers(rng, n, 30, 3)
+    y = rng.integers(0, 2, n)
+    path, ds, cols, x, names, filled = _encoded(tmp_path, dict(a=a, b=b, c=c, y=y), ple=5)
+    assert "ple" in cols["a"] and "ple" in cols["b"] and "ple" not in cols["c"]
+    train = data.split_indices(n, seed=0)[0]
+    for name, values in filled.items():
+        edges = np.asarray(cols[name]["ple"])
+        ref = KBinsDiscretizer(n_bins=5, encode="ordinal", strategy="quantile",
+                               quantile_method="linear").fit(values[train, None])
+        # 1e-14: np.quantile at linspace(0, 1, 6) vs percentiles at 0, 20, .., 100
+        np.testing.assert_allclose(edges, ref.bin_edges_[0], rtol=1e-14)
+        mine = [j for j, nm in enumerate(names) if nm.startswith(f"{name} (piece ")]
+        pieces = x[:, mine]
+        assert pieces.shape[1] == 5 and pieces[:, 1:-1].min() >= 0 and pieces[:, 1:-1].max() <= 1
+        wide = np.linspace(values.min() - 2, values.max() + 2, 50)  # beyond the range too
+        wide_pieces = data.piecewise_linear(wide, edges)
+        np.testing.assert_allclose(wide_pieces @ np.diff(edges) + edges[0], wide, atol=1e-12)
+        np.testing.assert_allclose(pieces @ np.diff(edges) + edges[0], values, atol=1e-12)
+        hats = SplineTransformer(degree=1, knots=edges[:, None], extrapolation="linear",
+                                 include_bias=True).fit(values[:, None]).transform(wide[:, None])
+        target = np.sin(wide)
+        fit = lambda basis: basis @ np.linalg.lstsq(basis, target, rcond=None)[0]  # noqa: E731
+        np.testing.assert_allclose(fit(np.c_[np.ones(50), wide_pieces]), fit(hats),
+                                   atol=1e-10)
+    bounded = set(range(len(names))) - {names.index(nm) for nm in ("a", "b", "c")}
+    assert set(data.indicator_columns(ds.encoding)) == bounded  # centred, not scaled
+    assert "a (5)" in dict(data.describe_encoding(ds.encoding))["number pieces"]
+    assert data.load_table(path, target="y", seed=0).encoding["columns"][0].get("ple") is None
+
+
+def test_piecewise_columns_are_not_mapped_to_normal_scores(tmp_path):
+    # budget quantile_skew maps skewed columns to normal scores for the networks; the
+    # piecewise-linear columns of a skewed number are skewed too (most rows at 0 or 1)
+    # but must stay as they are, or a linear function of them is no longer a spline
     from structsel.search import runner
 
-    assert runner.parse_budget("tabular,numeric_bins=8").numeric_bins == 8
-    with pytest.raises(ValueError, match="numeric_bins must be 0 .off. or an int >= 2"):
-        runner.parse_budget("tabular,numeric_bins=1")
-    with pytest.raises(ValueError, match="numeric_bins applies to tables read with --data"):
+    rng = np.random.default_rng(6)
+    n = 300
+    a, b, y = rng.lognormal(size=n).round(4), rng.normal(size=n).round(4), rng.integers(0, 2, n)
+    path = _write(tmp_path / "s.csv", "a,b,y\n" + "".join(f"{a[i]},{b[i]},{y[i]}\n"
+                                                         for i in range(n)))
+    budget = runner.parse_budget("tabular,numeric_ple=6")
+    ds = runner.load_data(dataset=None, data=str(path), target="y", task=None, split_seed=0,
+                          budget=budget)
+    problem = runner.make_problem(ds, "tabular", budget)
+    assert ds.feature_names[0] == "a" and ds.x_train.shape[1] == 2 + 2 * 6
+    assert problem.quantile_columns == (0,)  # the lognormal number alone
+    pieces = list(range(1, 7))
+    assert abs(features_skewness(ds.x_train[:, pieces])).max() > 1  # skewed, yet kept
+    np.testing.assert_array_equal(np.asarray(problem.data.x_train)[:, pieces],
+                                  np.asarray(ds.x_train, np.float32)[:, pieces])
+
+
+def features_skewness(x):
+    from structsel.search import features
+
+    return features.skewness(x)
+
+
+@pytest.mark.parametrize("field", ["numeric_bins", "numeric_ple"])
+def test_numeric_bins_budget(field):
+    from structsel.search import runner
+
+    assert getattr(runner.parse_budget(f"tabular,{field}=8"), field) == 8
+    with pytest.raises(ValueError, match=f"{field} must be 0 .off. or an int >= 2"):
+        runner.parse_budget(f"tabular,{field}=1")
+    with pytest.raises(ValueError, match=f"{field} applies to tables read with --data"):
         runner.load_data(dataset="wine", data=None, target=None, task=None, split_seed=0,
-                         budget=runner.parse_budget("tabular,numeric_bins=8"))
+                         budget=runner.parse_budget(f"tabular,{field}=8"))
 
 
 def test_decimal_commas_in_a_semicolon_separated_file(tmp_path):

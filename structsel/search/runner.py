@@ -105,6 +105,10 @@ class Budget:
     # than this (0: off) also gets one 0/1 column per training-quantile bin, this many
     # bins (`data.fit_encoding`), for every model of the run, the references included
     numeric_bins: int = 0
+    # tables read from a file: each numeric column with more distinct training values
+    # than this (0: off) also gets this many piecewise-linear columns of training-quantile
+    # bins (`data.piecewise_linear`), for every model of the run, the references included
+    numeric_ple: int = 0
     chunk: int = 32              # structures per call of the jitted evaluator
     mnist1d_samples: int = 4000  # size of the generated mnist1d set
     # restarts of a gradient search: one vmapped program, or lax.map (one after the other);
@@ -127,11 +131,11 @@ class Budget:
                 continue
             lower = 0 if f.name in ("batch_size", "evaluations", "warmup_steps",
                                     "eval_every", "search_batch_size", "retrain_width",
-                                    "cv_rows", "numeric_bins") else 1
+                                    "cv_rows", "numeric_bins", "numeric_ple") else 1
             if f.type in ("int",) and (not isinstance(value, int) or value < lower):
                 raise ValueError(f"budget {f.name} must be an int >= {lower}, got {value!r}")
-            if f.name == "numeric_bins" and value == 1:
-                raise ValueError("budget numeric_bins must be 0 (off) or an int >= 2, got 1")
+            if f.name in ("numeric_bins", "numeric_ple") and value == 1:
+                raise ValueError(f"budget {f.name} must be 0 (off) or an int >= 2, got 1")
             if f.name == "quantile_skew":
                 if not (isinstance(value, (int, float)) and 0 <= value < math.inf):
                     raise ValueError(f"budget quantile_skew must be a finite number >= 0 "
@@ -376,10 +380,11 @@ def load_data(*, dataset: str, data: str | None, target: str | None, task: str |
     if data is not None:
         return data_lib.load_table(data, target=target, task=task, seed=split_seed,
                                    classes=classes, encoding=encoding,
-                                   bins=budget.numeric_bins)
-    if budget.numeric_bins:
-        raise ValueError(f"budget numeric_bins applies to tables read with --data, not to "
-                         f"the embedded dataset {dataset}")
+                                   bins=budget.numeric_bins, ple=budget.numeric_ple)
+    for field in ("numeric_bins", "numeric_ple"):
+        if getattr(budget, field):
+            raise ValueError(f"budget {field} applies to tables read with --data, not to "
+                             f"the embedded dataset {dataset}")
     kwargs = {"num_samples": budget.mnist1d_samples} if dataset == "mnist1d" else {}
     if classes is not None:
         kwargs["classes"] = classes
@@ -416,8 +421,10 @@ def make_problem(ds: data_lib.Dataset, space_name: str, budget: Budget, *,
     data = enumeration.splits_of(ds, space.prepare)
     quantile = ()
     if budget.quantile_skew and space.layout == "vector":
+        bounded = set(data_lib.indicator_columns(ds.encoding))  # 0/1 and piecewise columns
         quantile = tuple(int(j) for j in features.skewed_columns(ds.x_train,
-                                                                  budget.quantile_skew))
+                                                                  budget.quantile_skew)
+                         if int(j) not in bounded)
         if quantile:
             data = features.quantile_normalise(data, quantile)
     return Problem(space, task, data, budget, ds.name, mesh, quantile)
