@@ -182,7 +182,30 @@ def load_sklearn(name: str = "digits", *, seed: int = 0, **kwargs) -> Dataset:
 
     bunch = getattr(sklearn.datasets, f"load_{name}")()
     task = "regression" if name == "diabetes" else "classification"
-    return make_dataset(bunch.data, bunch.target, name=name, seed=seed, task=task, **kwargs)
+    return _embedded(bunch.data, bunch.target, names=list(bunch.feature_names), name=name,
+                     seed=seed, task=task, **kwargs)
+
+
+def _embedded(x, y, *, names, name: str, seed: int, ple: int = 0,
+              encoding: dict | None = None, **kwargs) -> Dataset:
+    """`make_dataset` of an embedded set's numbers; with `ple` > 0 (or the `encoding` of a
+    trained model) its columns also get the piecewise-linear columns of `fit_encoding`,
+    fitted on the split's training rows, as a table read from a file does."""
+    if not ple and encoding is None:
+        return make_dataset(x, y, name=name, seed=seed, **kwargs)
+    if np.ndim(x) != 2:
+        raise DataError(f"{name}: piecewise-linear columns (budget numeric_ple) need a table "
+                        f"of shape (n, d), got {np.shape(x)}")
+    if encoding is None:
+        split = {k: kwargs[k] for k in ("val_fraction", "test_fraction") if k in kwargs}
+        train = split_indices(len(y), seed=seed, **split)[0]
+        encoding = fit_encoding(x, names, train, source=name, kinds=["numeric"] * len(names),
+                                ple=ple)
+    if encoding is not None:
+        x, names = apply_encoding(x, names, encoding, source=name)
+    ds = make_dataset(x, y, name=name, seed=seed, centred=indicator_columns(encoding),
+                      **kwargs)
+    return ds._replace(encoding=encoding, feature_names=tuple(names))
 
 
 def load_mnist1d(*, seed: int = 0, num_samples: int = 5000, **kwargs) -> Dataset:
@@ -194,7 +217,8 @@ def load_mnist1d(*, seed: int = 0, num_samples: int = 5000, **kwargs) -> Dataset
     data = make_mnist1d(args)
     x = np.concatenate([data["x"], data["x_test"]])
     y = np.concatenate([data["y"], data["y_test"]])
-    return make_dataset(x, y, name="mnist1d", seed=seed, task="classification", **kwargs)
+    return _embedded(x, y, names=[f"x{j}" for j in range(x.shape[1])], name="mnist1d",
+                     seed=seed, task="classification", **kwargs)
 
 
 def glm_toy(*, seed: int = 0, num_objects: int = 50, num_features: int = 11,
@@ -590,29 +614,28 @@ def apply_encoding(x: np.ndarray, names, encoding: dict, *, source
     return np.stack(out, axis=1), out_names
 
 
-def indicator_columns(encoding: dict | None) -> list[int]:
-    """Indices of the 0/1 columns (categories, 'other', missing indicators) among the
-    feature columns that `apply_encoding` makes of `encoding`."""
-    out, j = [], 0
+def column_roles(encoding: dict | None) -> list[tuple[str, int]]:
+    """(role, number) of each feature column that `apply_encoding` makes of `encoding`:
+    role 'number', 'missing' (its indicator), 'bin', 'piece' or 'category' (a category or
+    'other'); number: the index of the feature column of its number (-1 for categories)."""
+    out = []
     for c in (encoding or {"columns": []})["columns"]:
         if c["kind"] == "numeric":
-            j += 1
-            if c.get("indicator"):
-                out.append(j)
-                j += 1
-            if c.get("bins"):
-                k = len(c["bins"]) + 1
-                out += list(range(j, j + k))
-                j += k
-            if c.get("ple"):
-                k = len(c["ple"]) - 1
-                out += list(range(j, j + k))
-                j += k
+            number = len(out)
+            out.append(("number", number))
+            out += [("missing", number)] * bool(c.get("indicator"))
+            out += [("bin", number)] * (len(c["bins"]) + 1 if c.get("bins") else 0)
+            out += [("piece", number)] * (len(c["ple"]) - 1 if c.get("ple") else 0)
         elif c["kind"] == "categorical":
-            k = len(_category_columns(c)) + bool(c["other"])
-            out += list(range(j, j + k))
-            j += k
+            out += [("category", -1)] * (len(_category_columns(c)) + bool(c["other"]))
     return out
+
+
+def indicator_columns(encoding: dict | None) -> list[int]:
+    """Indices of the bounded columns (categories, 'other', missing indicators, bins,
+    pieces) among the feature columns that `apply_encoding` makes of `encoding`: they are
+    centred, not scaled."""
+    return [j for j, (role, _) in enumerate(column_roles(encoding)) if role != "number"]
 
 
 def describe_encoding(encoding: dict | None) -> list[tuple[str, str]]:

@@ -227,35 +227,3 @@ def test_text_columns_and_missing_values_search_and_retrain(tmp_path, capsys):
     rerun = json.loads((workdir / "retrain" / "summary.json").read_text())
     assert rerun["selected"] == summary["selected"] and rerun["params"] == summary["params"]
     assert rerun["split"] == summary["split"]
-
-
-def test_piecewise_columns_are_recorded_and_retrain_rebuilds_them(tmp_path, capsys):
-    """Budget numeric_ple: the pieces' edges go into the recorded encoding, the terminal
-    names them, and retrain (whose own budget has no pieces) rebuilds the same columns
-    from the record: the same parameter count on the same split."""
-    import json
-
-    rng = np.random.default_rng(4)
-    n = 150
-    a, b = rng.normal(size=n), rng.exponential(size=n)
-    label = np.where(np.sin(2 * a) + 0.3 * rng.normal(size=n) > 0, "yes", "no")
-    rows = [[round(float(a[i]), 4), round(float(b[i]), 4), label[i]] for i in range(n)]
-    data = _write_csv(tmp_path / "p.csv", ["a", "b", "label"], rows)
-    workdir = tmp_path / "p"
-    assert cli.main(["search", "--data", str(data), "--space", "mlp1", "--method", "random",
-                     "--budget", "tiny,numeric_ple=3", "--no-fallback",
-                     "--no-gradient-boosting", "--workdir", str(workdir),
-                     "--no-progress"]) == 0
-    out = capsys.readouterr().out
-    summary = json.loads((workdir / "summary.json").read_text())
-    structure = json.loads((workdir / "structure.json").read_text())
-    assert [len(c["ple"]) for c in structure["encoding"]["columns"]] == [4, 4]
-    assert summary["feature_names"] == ["a", "a (piece 1 of 3)", "a (piece 2 of 3)",
-                                        "a (piece 3 of 3)", "b", "b (piece 1 of 3)",
-                                        "b (piece 2 of 3)", "b (piece 3 of 3)"]
-    assert "number pieces" in out and "a (3), b (3)" in out
-    assert cli.main(["retrain", "--structure", str(workdir / "structure.json"), "--data",
-                     str(data), "--budget", "tiny", "--seeds", "1", "--no-progress"]) == 0
-    rerun = json.loads((workdir / "retrain" / "summary.json").read_text())
-    # the parameter count depends on the input width: 8 columns, not the 2 numbers
-    assert rerun["params"] == summary["params"] and rerun["split"] == summary["split"]

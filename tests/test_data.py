@@ -453,8 +453,8 @@ def test_piecewise_linear_columns_span_the_linear_splines_on_the_quantile_knots(
 
 def test_piecewise_columns_are_not_mapped_to_normal_scores(tmp_path):
     # budget quantile_skew maps skewed columns to normal scores for the networks; the
-    # piecewise-linear columns of a skewed number are skewed too (most rows at 0 or 1)
-    # but must stay as they are, or a linear function of them is no longer a spline
+    # pieces' trial maps the same numbers, not their piecewise-linear columns (skewed
+    # too: most rows at 0 or 1), or a linear function of them would not be a spline
     from structsel.search import runner
 
     rng = np.random.default_rng(6)
@@ -462,16 +462,21 @@ def test_piecewise_columns_are_not_mapped_to_normal_scores(tmp_path):
     a, b, y = rng.lognormal(size=n).round(4), rng.normal(size=n).round(4), rng.integers(0, 2, n)
     path = _write(tmp_path / "s.csv", "a,b,y\n" + "".join(f"{a[i]},{b[i]},{y[i]}\n"
                                                          for i in range(n)))
-    budget = runner.parse_budget("tabular,numeric_ple=6")
-    ds = runner.load_data(dataset=None, data=str(path), target="y", task=None, split_seed=0,
-                          budget=budget)
-    problem = runner.make_problem(ds, "tabular", budget)
-    assert ds.feature_names[0] == "a" and ds.x_train.shape[1] == 2 + 2 * 6
-    assert problem.quantile_columns == (0,)  # the lognormal number alone
+    config = runner.search_config(data=str(path), target="y", budget="tabular,numeric_ple=6")
+    ds = runner.load_data(dataset=config.dataset, data=config.data, target="y", task=None,
+                          split_seed=0, budget=config.budget)
+    final = runner.final_problem(runner.make_problem(ds, "tabular", config.budget))
+    assert final.quantile_columns == (0,) and ds.x_train.shape[1] == 2
+    setup = runner._pieces_setup(final, config, ds, None, False)
+    problem = setup["evaluator"].problem
+    assert setup["roles"][:2] == [("number", 0), ("piece", 0)] and len(setup["roles"]) == 14
+    assert setup["plain"] == [0, 7] and problem.quantile_columns == (0,)
+    np.testing.assert_array_equal(np.asarray(problem.data.x_train)[:, 0],
+                                  np.asarray(final.data.x_train)[:, 0])  # as mapped there
+    wide = setup["wide"].x_train
     pieces = list(range(1, 7))
-    assert abs(features_skewness(ds.x_train[:, pieces])).max() > 1  # skewed, yet kept
-    np.testing.assert_array_equal(np.asarray(problem.data.x_train)[:, pieces],
-                                  np.asarray(ds.x_train, np.float32)[:, pieces])
+    assert abs(features_skewness(wide[:, pieces])).max() > 1  # skewed, yet kept
+    np.testing.assert_array_equal(np.asarray(problem.data.x_train)[:, pieces], wide[:, pieces])
 
 
 def features_skewness(x):
@@ -487,9 +492,36 @@ def test_numeric_bins_budget(field):
     assert getattr(runner.parse_budget(f"tabular,{field}=8"), field) == 8
     with pytest.raises(ValueError, match=f"{field} must be 0 .off. or an int >= 2"):
         runner.parse_budget(f"tabular,{field}=1")
-    with pytest.raises(ValueError, match=f"{field} applies to tables read with --data"):
+    with pytest.raises(ValueError, match="numeric_bins applies to tables read with --data"):
         runner.load_data(dataset="wine", data=None, target=None, task=None, split_seed=0,
-                         budget=runner.parse_budget(f"tabular,{field}=8"))
+                         budget=runner.parse_budget("tabular,numeric_bins=8"))
+
+
+def test_piecewise_columns_of_an_embedded_dataset(tmp_path):
+    # the embedded sets get the pieces as a table read from a file does: fitted on the
+    # split's training rows (oracle: the same numbers written as a CSV and read back, bit
+    # for bit), and a trained model's recorded encoding rebuilds them (retrain)
+    import sklearn.datasets
+
+    from structsel.search import runner
+
+    budget = runner.parse_budget("tabular,numeric_ple=4")
+    ds = runner.load_data(dataset="wine", data=None, target=None, task=None, split_seed=1,
+                          budget=budget, pieces=True)
+    assert ds.x_train.shape[1] == 13 * 5 and ds.feature_names[1] == "alcohol (piece 1 of 4)"
+    bunch = sklearn.datasets.load_wine()
+    text = ",".join(bunch.feature_names + ["y"]) + "\n" + "".join(
+        ",".join(repr(float(v)) for v in row) + f",{t}\n" for row, t in zip(bunch.data,
+                                                                         bunch.target))
+    table = data.load_table(_write(tmp_path / "wine.csv", text), target="y", seed=1, ple=4)
+    assert table.encoding == ds.encoding
+    np.testing.assert_array_equal(table.x_train, ds.x_train)
+    again = runner.load_data(dataset="wine", data=None, target=None, task=None, split_seed=1,
+                             budget=runner.parse_budget("tabular"), encoding=ds.encoding)
+    np.testing.assert_array_equal(again.x_test, ds.x_test)
+    plain = runner.load_data(dataset="wine", data=None, target=None, task=None, split_seed=1,
+                             budget=runner.parse_budget("tabular"))
+    assert plain.encoding is None and plain.x_train.shape[1] == 13
 
 
 def test_decimal_commas_in_a_semicolon_separated_file(tmp_path):

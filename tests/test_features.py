@@ -147,7 +147,7 @@ def test_the_univariate_proposal_finds_a_wide_tables_columns_and_declines_otherw
     assert not {0, 1} & set(features.fdr_columns(p))
 
 
-def test_a_trial_replaces_the_held_model_by_metric_then_loss_and_strictly_by_both():
+def test_a_trial_replaces_the_held_model_by_metric_then_loss_strictly_or_by_loss():
     better = runner._is_better
     # the relevance trial (not strict): a better metric wins whatever the loss; a tie
     # goes to the lower loss; an unknown loss decides nothing
@@ -160,6 +160,12 @@ def test_a_trial_replaces_the_held_model_by_metric_then_loss_and_strictly_by_bot
     assert not better(-0.01, 0.1, 0.5, strict=True)
     assert better(0.01, None, 0.5, strict=True)  # no loss known: the metric alone
     assert not better(0.0, None, None, strict=True)
+    # the pieces (by loss): the loss alone; f38 split 0 of session 34 (one validation row
+    # worse, loss 0.3194 against 0.3269) is kept, a better metric with a higher loss not
+    assert better(-0.0005, 0.3194, 0.3269, by_loss=True)
+    assert not better(0.01, 0.6922, 0.6195, by_loss=True)
+    assert not better(0.0, 0.5, 0.5, by_loss=True)
+    assert better(0.01, None, 0.5, by_loss=True) and not better(0.0, None, 0.5, by_loss=True)
 
 
 def _noisy_xor_csv(path, n=240, noise_columns=10, seed=0):
@@ -405,3 +411,52 @@ def test_tables_map_their_skewed_columns_for_the_networks_only(tmp_path, monkeyp
     rerun = retrain.run_retrain(structure=str(workdir / "structure.json"), data=str(path),
                                 target="y", seeds=2)
     assert calls == [[0, 3]] and rerun["params"] == summary["params"]
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_piecewise_columns_trial_keeps_or_drops_them_consistently(keep, tmp_path, monkeypatch,
+                                                                  capsys):
+    # budget numeric_ple: after the selection, the returned model is retrained with the
+    # pieces of its numbers. The rule itself is `_is_better` (tested above); here it is
+    # forced either way, and what is written must then describe the model returned: its
+    # columns, its parameter count, its encoding, and a retrain that rebuilds it
+    rng = np.random.default_rng(1)
+    n = 240
+    x = np.c_[rng.uniform(-3, 3, n), rng.normal(size=(n, 2))]
+    y = (np.sin(3 * x[:, 0]) + 0.3 * rng.normal(size=n) > 0).astype(int)
+    rows = [",".join([f"{v:.5f}" for v in row] + [str(t)]) for row, t in zip(x, y)]
+    data = tmp_path / "sine.csv"
+    data.write_text("\n".join(["a,b,c,label"] + rows) + "\n")
+    forced = []
+    monkeypatch.setattr(runner, "_is_better", lambda *a, **k: forced.append(a) or keep)
+    workdir = tmp_path / "s"
+    budget = "tiny,train_steps=60,retrain_seeds=2,ensemble=1,width=4,numeric_ple=5"
+    assert cli.main(["search", "--data", str(data), "--budget", budget, "--method", "darts1",
+                     "--no-fallback", "--no-gradient-boosting", "--workdir", str(workdir),
+                     "--no-progress"]) == 0
+    assert len(forced) == 1  # the pieces' trial alone (no screening in this budget)
+    summary = json.loads((workdir / "summary.json").read_text())
+    structure = json.loads((workdir / "structure.json").read_text())
+    pieces = summary["pieces"]
+    assert pieces["kept"] is keep and pieces["bins"] == 5 and pieces["num_features"] == 18
+    assert pieces["proposed"] == list(range(18)) and pieces["time_s"] > 0
+    out = capsys.readouterr().out
+    assert ("kept: 15 piecewise-linear columns of 3 numbers" if keep else "not kept") in out
+    if keep:
+        assert summary["val_metric"] == pieces["subset"]["val_metric"]
+        assert summary["params"] == pieces["subset"]["params"]
+        assert structure["features"] == list(range(18)) and structure["num_features"] == 18
+        assert [len(c["ple"]) for c in structure["encoding"]["columns"]] == [6, 6, 6]
+        assert summary["encoding"] == structure["encoding"]
+        assert summary["feature_names"][:2] == ["a", "a (piece 1 of 5)"]
+    else:
+        assert summary["val_metric"] != pieces["subset"]["val_metric"]
+        assert "encoding" not in structure and "features" not in structure
+        assert summary["feature_names"] == ["a", "b", "c"]
+    # the same structure; its stem (width 4) and linear skip (2 outputs) read 15 more columns
+    assert pieces["subset"]["choice"] == pieces["held"]["choice"]
+    assert pieces["subset"]["params"] - pieces["held"]["params"] == 15 * (4 + 2)
+    assert cli.main(["retrain", "--structure", str(workdir / "structure.json"), "--data",
+                     str(data), "--no-progress"]) == 0
+    rerun = json.loads((workdir / "retrain" / "summary.json").read_text())
+    assert rerun["params"] == summary["params"]

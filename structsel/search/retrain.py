@@ -165,7 +165,7 @@ def run_retrain(*, structure, data=None, target=None, task=None, dataset=None, s
         b = dataclasses.replace(b, width=int(record["width"]))
     ds = runner.load_data(dataset=dataset, data=data, target=target, task=task,
                           split_seed=split_seed, budget=b, classes=record.get("classes"),
-                          encoding=record.get("encoding") if data is not None else None)
+                          encoding=record.get("encoding"))
     t = enumeration.task_of(ds)
     if record.get("num_outputs") not in (None, t.num_outputs):
         raise ValueError(f"the structure was built for {record['num_outputs']} outputs, "
