@@ -167,7 +167,7 @@ def test_a_small_table_search_decides_on_the_folds(tmp_path, interaction_csv, ev
     config = runner.search_config(
         data=str(path), target="y", space="mlp1", method="random",
         budget="tiny,retrain_seeds=2,ensemble=1,train_steps=60,evaluations=6,cv_rows=1000,"
-               f"eval_every={eval_every}",
+               f"eval_every={eval_every},numeric_ple=4",
         gradient_boosting=False, workdir=str(tmp_path / "run"))
     summary = runner.run_search(config, progress=False)
     with np.load(tmp_path / "run" / "predictions.npz") as npz:  # closed: no ResourceWarning
@@ -204,6 +204,11 @@ def test_a_small_table_search_decides_on_the_folds(tmp_path, interaction_csv, ev
     assert "4 folds of the 192 training + validation rows" in runner.format_summary(summary)
     written = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert written["cross_validation"]["rows"] == 192
+    # the pieces' trial is not run on a cross-validated table, and says so
+    assert written["pieces"] == {"bins": 4, "kept": False, "reason": "not tried on a "
+                                 "cross-validated table (fewer than 1000 training + "
+                                 "validation rows)"}
+    assert "encoding" not in written
 
 
 def test_decide_names_the_cross_validation_in_its_reason():

@@ -887,7 +887,7 @@ def _search_and_write(run, config, ds, problem, method, progress, start, *, outc
                 search_evaluator=evaluator, evaluator=retrainer, predictions=predictions,
                 cv=cv, progress=progress)
             summary, wide = _try_pieces(pieces, run, config, k_retrain, summary,
-                                        predictions=predictions, cv=cv)
+                                        predictions=predictions)
         # Compare with the constant and linear references (and HistGradientBoosting) on the
         # same split; return the linear model when the selection does not beat it.
         baselines = baselines.result()
@@ -1317,11 +1317,22 @@ def _pieces_setup(final, config, ds, cv, progress) -> dict | None:
     the search, like the retraining's): the dataset with the pieces ("wide"), the role of
     each of its columns, its problem at the final width (the numbers that `make_problem`
     mapped to normal scores mapped again, not their pieces) and its evaluator. None when
-    the budget has no `numeric_ple` or the space is not a table's; without "evaluator"
-    when no number has more than K distinct training values."""
+    the budget has no `numeric_ple` or the space is not a table's; {"skipped": why} on a
+    cross-validated table; without "evaluator" when no number has more than K distinct
+    training values.
+
+    Not on cross-validated tables (session 34, breast_cancer and wine, split seeds 0-1):
+    the pieces lowered the out-of-fold loss on all 4 splits and were kept, and gained
+    nothing on test (-0.88, 0.00); on wine split 1 the model with them, kept for its
+    loss, was less accurate out of fold than the linear model, so the run returned the
+    linear model (97.22) instead of a network at 100.00; and the trial took 65-111 s, a
+    third of those runs."""
     b = config.budget
     if not b.numeric_ple or final.space.layout != "vector" or np.ndim(ds.x_train) != 2:
         return None
+    if cv is not None:
+        return {"skipped": f"not tried on a cross-validated table (fewer than {b.cv_rows} "
+                           "training + validation rows)"}
     wide = load_data(dataset=config.dataset, data=config.data, target=config.target,
                      task=ds.task, split_seed=config.split_seed, budget=b, classes=ds.classes,
                      pieces=True)
@@ -1337,27 +1348,28 @@ def _pieces_setup(final, config, ds, cv, progress) -> dict | None:
     if quantile:
         data = features.quantile_normalise(data, quantile)
     problem = final._replace(data=data, quantile_columns=quantile)
-    size = 1 if cv is None else SCREENING_CANDIDATES  # the trial's candidates
-    setup["evaluator"] = Evaluator(problem, progress=progress, val_path=cv is not None,
-                                   min_size=size)
+    setup["evaluator"] = Evaluator(problem, progress=progress)  # one candidate, no folds
     return setup
 
 
-def _try_pieces(setup, run, config, key, summary, *, predictions, cv):
-    """Budget `numeric_ple` (K): the returned model (with cross-validation the
-    `SCREENING_CANDIDATES` best candidates out of fold) retrained on its columns plus K
+def _try_pieces(setup, run, config, key, summary, *, predictions):
+    """Budget `numeric_ple` (K): the returned model retrained on its columns plus K
     piecewise-linear columns of training-quantile bins of each of its numbers with more
     than K distinct training values (`data.piecewise_linear`: a linear function of them is
     a linear spline of the number; Gorishniy et al. 2022), kept when its validation loss
-    (out of fold when cross-validated) is lower (`_is_better`, by_loss). Session 34, whole
-    runs with the pieces against without: they gained 1-2.5 test points on a 10000-row
-    table whose logit has sin(2 x) and x^2 terms (HistGB was better than every network
-    there) and 4-11 % RMSE on a revenue table, and lost 1.5-2 points on a census-like
-    table and a make_classification table, with a higher validation loss on each of those
-    splits and a lower one on each of the others. `setup`: `_pieces_setup`'s. Returns
-    (summary, the dataset with the pieces when the model reads them, else None); records
-    `pieces`."""
+    is lower (`_is_better`, by_loss; not on cross-validated tables: `_pieces_setup`).
+    Session 34, whole runs with the pieces against without: they gained 1-2.5 test points
+    on a 10000-row table whose logit has sin(2 x) and x^2 terms (HistGB was better than
+    every network there) and 4-11 % RMSE on a revenue table, and lost 1.5-2 points on a
+    census-like table and a make_classification table, whose validation losses were
+    higher with the pieces on every split (docs/tables.md, session 34). `setup`:
+    `_pieces_setup`'s. Returns (summary, the dataset with the pieces when the model reads
+    them, else None); records `pieces`."""
     if setup is None or "choice" not in summary:
+        return summary, None
+    if "skipped" in setup:
+        summary["pieces"] = {"bins": config.budget.numeric_ple, "kept": False,
+                             "reason": setup["skipped"]}
         return summary, None
     start = time.perf_counter()
     b, roles, plain = config.budget, setup["roles"], setup["plain"]
@@ -1376,16 +1388,15 @@ def _try_pieces(setup, run, config, key, summary, *, predictions, cv):
     setup["prewarmed"].result()  # compiled once, not again by a call racing it
     evaluator = setup["evaluator"]
     trial = _try_columns(evaluator.problem, run, config, key, summary, kept, "pieces", None,
-                         evaluator=evaluator, predictions=predictions, cv=cv)
+                         evaluator=evaluator, predictions=predictions, cv=None)
     record.update({k: v for k, v in trial["record"].items() if k != "source"},
                   kept=trial["better"], time_s=time.perf_counter() - start)
-    basis = "cross-validation" if "cross_validation" in record else "validation"
     if not trial["better"]:
-        summary["pieces"] = {**record, "reason": f"no lower loss on {basis}"}
+        summary["pieces"] = {**record, "reason": "no lower validation loss"}
         return summary, None
     pieced = {roles[j][1] for j in kept if roles[j][0] == "piece"}
     record["reason"] = (f"{len(kept) - len(numbers)} piecewise-linear columns of "
-                        f"{len(pieced)} numbers: a lower loss on {basis}")
+                        f"{len(pieced)} numbers: a lower validation loss")
     quantile = list(evaluator.problem.quantile_columns)
     structure = json.loads(run.path("structure.json").read_text())
     run.write_json("structure.json", {**structure, "features": kept,
