@@ -105,10 +105,10 @@ class Budget:
     # than this (0: off) also gets one 0/1 column per training-quantile bin, this many
     # bins (`data.fit_encoding`), for every model of the run, the references included
     numeric_bins: int = 0
-    # tables (vector spaces): after the screening, the returned model is retrained with
-    # this many piecewise-linear columns of training-quantile bins (`data.piecewise_linear`)
-    # next to each numeric column with more distinct training values (0: off), and they
-    # are kept when better on validation (`_try_pieces`)
+    # tables (vector spaces) without cross-validation: after the screening, the returned
+    # model is retrained with this many piecewise-linear columns of training-quantile bins
+    # (`data.piecewise_linear`) next to each number with more distinct training values
+    # (0: off), kept when its validation loss is lower (`_try_pieces`)
     numeric_ple: int = 0
     chunk: int = 32              # structures per call of the jitted evaluator
     mnist1d_samples: int = 4000  # size of the generated mnist1d set
