@@ -458,16 +458,14 @@ def fit_encoding(x: np.ndarray, names, rows, *, source, kinds=None,
                 continue
             entry.update(fill=float(np.median(train[~np.isnan(train)])),
                          indicator=bool(np.isnan(train).any()))
-        if bins:
+        if bins or ple:  # on the training values as the model reads them (gaps filled)
             train = np.where(np.isnan(values), entry.get("fill", 0.0), values)[rows]
-            if len(np.unique(train)) > bins:
-                plain = False
+            distinct = len(np.unique(train))
+            if bins and distinct > bins:
                 entry["bins"] = quantile_bins(train, bins)
-        if ple:
-            train = np.where(np.isnan(values), entry.get("fill", 0.0), values)[rows]
-            if len(np.unique(train)) > ple:
-                plain = False
+            if ple and distinct > ple:
                 entry["ple"] = [float(e) for e in quantile_edges(train, ple)]
+            plain = plain and not ("bins" in entry or "ple" in entry)
         columns.append(entry)
     return None if plain else {"columns": columns}
 
@@ -579,22 +577,20 @@ def apply_encoding(x: np.ndarray, names, encoding: dict, *, source
                 row = int(np.nonzero(np.isinf(values))[0][0])
                 raise DataError(f"{source}: feature column(s) [{name!r}] contain inf (first "
                                 f"at {_where(source, row)})")
-            out.append(np.where(missing, c.get("fill", 0.0), values))
+            number = np.where(missing, c.get("fill", 0.0), values)
+            out.append(number)
             out_names.append(name)
             if c.get("indicator"):
                 out.append(missing.astype(np.float64))
                 out_names.append(f"{name} (missing)")
             if c.get("bins"):
                 edges = np.asarray(c["bins"], np.float64)
-                which = np.searchsorted(edges, out[-1 - bool(c.get("indicator"))],
-                                        side="right")
+                which = np.searchsorted(edges, number, side="right")
                 bounds = [-np.inf, *edges, np.inf]
                 for k in range(len(edges) + 1):
                     out.append((which == k).astype(np.float64))
                     out_names.append(f"{name} in [{bounds[k]:.4g}, {bounds[k + 1]:.4g})")
             if c.get("ple"):
-                number = out[-1 - bool(c.get("indicator")) - (len(c["bins"]) + 1
-                                                            if c.get("bins") else 0)]
                 pieces = piecewise_linear(number, c["ple"])
                 out += list(pieces.T)
                 out_names += [f"{name} (piece {k + 1} of {pieces.shape[1]})"
