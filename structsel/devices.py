@@ -33,6 +33,16 @@ def local_mesh(devices, axis: str, *, error: type[Exception] = ValueError):
     return jax.make_mesh((int(n),), (axis,), axis_types=(AxisType.Auto,), devices=local[:n])
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity; os.cpu_count off Linux)."""
+    import os
+
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def use_cpu_cores() -> int | None:
     """One jax CPU device per usable core (`jax_num_cpu_devices`), set before jax starts its
     backends: independent trainings (a search's restarts, the retraining of its candidates)
@@ -46,10 +56,7 @@ def use_cpu_cores() -> int | None:
 
     if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
         return None
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
+    cores = usable_cores()
     if cores < 2:
         return None
     import jax

@@ -252,6 +252,9 @@ class Family:
         g^e_{a_e} of each edge (`lax.switch`), so a batch of structures run one after the
         other (`lax.map`) costs the discrete models' compute, not the supernet's. Under
         `vmap` over `choice` the switch becomes a select and every op is computed again.
+        A concrete `choice` (numpy, or a jax array outside a trace) picks the ops in
+        Python: only they are traced, so a program specialised to one structure (e.g.
+        `enumeration.train_structure` with a numpy choice under `jit`) compiles them alone.
         """
         if jnp.shape(choice) != (self.num_edges,):
             raise ValueError(f"choice must have shape ({self.num_edges},) (one op index per edge), "
@@ -269,8 +272,9 @@ class Family:
 
         def pick(e, z):
             ops = self.edges[e].ops
-            if len(ops) == 1:
-                return ops[0].apply(weights[e][0], z, key=_op_key(key, e, 0))
+            if len(ops) == 1 or concrete is not None:  # known: only that op is traced
+                a = 0 if len(ops) == 1 else int(concrete[e])
+                return ops[a].apply(weights[e][a], z, key=_op_key(key, e, a))
             branches = [functools.partial(op.apply, weights[e][l], key=_op_key(key, e, l))
                         for l, op in enumerate(ops)]
             return jax.lax.switch(choice[e], branches, z)

@@ -92,3 +92,30 @@ def test_a_structure_trains_the_same_in_a_call_with_fewer_structures():
     for k in ("val_metric", "test_metric", "val_out", "test_out"):
         np.testing.assert_allclose(two[k], np.asarray(every[k])[[3, 1]], rtol=1e-6,
                                    atol=1e-7)
+
+
+def test_a_specialised_evaluator_gives_the_numbers_of_the_program_of_every_structure():
+    # `Evaluator(specialise=True)` (the runner's retraining) trains each structure with a
+    # program of its own, in threads; oracle: the program of every structure (a switch
+    # per edge in lax.map), with a column mask, the checkpoints' outputs and a duplicate
+    # row, rows in the caller's order. The same ops on the same keys, fused otherwise:
+    # equal to float32 reassociation over 20 steps (rtol 1e-5).
+    from structsel.data import make_dataset
+
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(90, 4))
+    y = (x[:, 0] - x[:, 1] * x[:, 3] > 0).astype(np.int64)
+    budget = runner.parse_budget("tabular,train_steps=20,warmup_steps=2,eval_every=5,width=4,"
+                                 "retrain_width=0,dropout=0.1")
+    problem = runner.make_problem(make_dataset(x, y, name="t"), "tabular", budget)
+    keys = jax.random.split(runner.prng_key(6), 2)
+    choices = np.array([[4, 2, 0], [0, 0, 0], [3, 3, 3], [0, 0, 0]], np.int32)
+    kwargs = dict(outputs=True, columns=[0, 1, 3])
+    want = runner.Evaluator(problem, val_path=True)(choices, keys, **kwargs)
+    special = runner.Evaluator(problem, val_path=True, specialise=True)
+    got = special(choices, keys, **kwargs)
+    assert set(got) == set(want) and special.count == len(choices) * len(keys)
+    for k in ("val_metric", "test_metric", "train_loss", "val_out", "test_out", "val_path",
+              "stop_step"):
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-6, err_msg=k)
+    np.testing.assert_array_equal(got["val_out"][1], got["val_out"][3])  # one training

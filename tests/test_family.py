@@ -172,6 +172,28 @@ def test_apply_vertex_equals_apply_at_the_one_hot_gamma(make, xfn):
                        % (fam.num_ops[1], fam.num_ops[1] - 1)):
         fam.apply_vertex(w, bad, x)
 
+@pytest.mark.parametrize("make,xfn", [(_mlp_cell, _x_vec), (_conv_cell, _x_seq)], ids=["mlp", "conv1d"])
+def test_a_known_choice_traces_only_its_ops(make, xfn):
+    """A numpy choice closed over by a traced function (the runner's program of one
+    structure) picks its ops in Python: no `cond` in the jaxpr, and the outputs and
+    gradients of the traced-choice program (lax.switch), which is the oracle here with
+    TOL_VERTEX / 1e-5 as above (the same ops on the same weights, fused otherwise)."""
+    fam, x = make(), xfn()
+    w = _perturb(fam.init(jax.random.key(1), x), jax.random.key(2))
+    loss = lambda w, a: jnp.sum(fam.apply_vertex(w, a, x) ** 2)  # noqa: E731
+    traced = jax.jit(jax.value_and_grad(loss))
+    rng = np.random.default_rng(3)
+    for _ in range(3):
+        idx = np.array([int(rng.integers(k)) for k in fam.num_ops], np.int32)
+        known = jax.jit(jax.value_and_grad(lambda w: loss(w, idx)))
+        assert "cond" not in str(jax.make_jaxpr(lambda w: loss(w, idx))(w))
+        assert "cond" in str(jax.make_jaxpr(loss)(w, idx))
+        (v1, g1), (v2, g2) = known(w), traced(w, idx)
+        np.testing.assert_allclose(v1, v2, rtol=TOL_VERTEX)
+        for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
 
 def test_vertices_of_two_layer_net_and_glm():
     fam = family.glm_family(12)
